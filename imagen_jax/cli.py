@@ -1,0 +1,36 @@
+"""The `imagen-jax` command. Each subcommand lives beside the code it drives and
+registers itself here with `add_parser(subparsers)` and a `run(args)` function."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from imagen_jax import __version__
+
+# (module path, subcommand) pairs; each module defines add_parser(subparsers) and run(args).
+SUBCOMMANDS: list[tuple[str, str]] = []
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="imagen-jax", description="Imagen in JAX/Flax: train, sample, evaluate.")
+    parser.add_argument("--version", action="version", version=f"imagen-jax {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    import importlib
+
+    for module_name, _ in SUBCOMMANDS:
+        importlib.import_module(module_name).add_parser(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
