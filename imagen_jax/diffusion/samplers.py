@@ -143,7 +143,7 @@ def _sample(model_fn, key, cond, uncond, guidance_weight, shape, config, dtype):
             noise = jax.random.normal(jax.random.fold_in(key, i), shape, dtype)
             z_s = ancestral_update(z, x_hat, logsnr_t, logsnr_s, noise, config.gamma)
         elif config.kind == "ddim":
-            noise = jax.random.normal(jax.random.fold_in(key, i), shape, dtype)
+            noise = jax.random.normal(jax.random.fold_in(key, i), shape, dtype) if config.eta > 0 else 0.0
             z_s = ddim_update(x_hat, eps_hat, logsnr_t, logsnr_s, noise, config.eta)
         else:
             z_s = dpm_solver_pp_2m_update(z, x_hat, x_prev, logsnr_at(i - 1), logsnr_t, logsnr_s, i == 0)
