@@ -1,0 +1,48 @@
+"""Mesh construction and logical-axis shardings on 8 fake CPU devices."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from imagen_jax.parallel import DEFAULT_RULES, batch_sharding, logical_shardings, make_mesh, rules_from_config
+
+
+class TinyMLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        w1 = self.param("w1", nn.with_logical_partitioning(nn.initializers.normal(), ("embed", "mlp")), (x.shape[-1], 64))
+        w2 = self.param("w2", nn.with_logical_partitioning(nn.initializers.normal(), ("mlp", "embed")), (64, x.shape[-1]))
+        odd = self.param("odd", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)), (6,))
+        plain = self.param("plain", nn.initializers.zeros, (3,))
+        return jax.nn.relu(x @ w1) @ w2 + odd.sum() + plain.sum()
+
+
+def test_make_mesh_shapes_and_errors():
+    assert jax.device_count() == 8
+    mesh = make_mesh(data=2, fsdp=4)
+    assert dict(mesh.shape) == {"data": 2, "fsdp": 4}
+    assert dict(make_mesh(fsdp=-1, data=1).shape) == {"data": 1, "fsdp": 8}
+    assert dict(make_mesh().shape) == {"data": 8, "fsdp": 1}
+    with pytest.raises(ValueError, match="data \\* fsdp == 8"):
+        make_mesh(data=3, fsdp=2)
+    with pytest.raises(ValueError, match="data \\* fsdp == 8"):
+        make_mesh(data=-1, fsdp=3)
+
+
+def test_logical_shardings_follow_rules_and_fall_back_when_indivisible():
+    mesh = make_mesh(data=2, fsdp=4)
+    abstract = jax.eval_shape(TinyMLP().init, jax.random.key(0), jnp.zeros((2, 16)))
+    shardings = logical_shardings(abstract, mesh, DEFAULT_RULES)["params"]
+    assert shardings["w1"].spec == P(None, "fsdp")  # 'mlp' outranks 'embed'
+    assert shardings["w2"].spec == P("fsdp", None)
+    assert shardings["odd"].spec == P(None)  # 6 is not divisible by fsdp=4: replicated
+    assert shardings["plain"].spec == P(None)  # no names: replicated
+    assert batch_sharding(mesh, 4).spec == P(("data", "fsdp"), None, None, None)
+
+
+def test_rules_from_config_accepts_json_lists():
+    rules = rules_from_config([["batch", ["data", "fsdp"]], ["embed", "fsdp"], ["mlp", None]])
+    assert rules == (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", None))
+    assert rules_from_config(None) == DEFAULT_RULES
