@@ -1,6 +1,6 @@
 """The pure functional diffusion core: schedules, forward process, losses, samplers (SPEC 3)."""
 
-from imagen_jax.diffusion.guidance import denoise, guided_output
+from imagen_jax.diffusion.guidance import denoise, drop_text, guided_output, null_text
 from imagen_jax.diffusion.losses import diffusion_loss, min_snr_weight, per_example_loss
 from imagen_jax.diffusion.parameterization import (
     eps_from_v,
@@ -42,6 +42,7 @@ __all__ = [
     "ddim_update",
     "denoise",
     "diffusion_loss",
+    "drop_text",
     "discrete_logsnr",
     "dpm_solver_pp_2m_update",
     "dynamic_threshold",
@@ -52,6 +53,7 @@ __all__ = [
     "linear_logsnr",
     "logsnr_from_alpha_bar",
     "min_snr_weight",
+    "null_text",
     "per_example_loss",
     "posterior",
     "q_sample",

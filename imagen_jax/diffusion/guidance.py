@@ -62,3 +62,18 @@ def denoise(
         x = apply_threshold(x, threshold, quantile)
         eps = param.eps_from_x(z, x, logsnr)
     return x, eps
+
+
+def null_text(text_embedding, text_mask):
+    """The empty condition of classifier-free guidance (SPEC 2): zeroed embeddings, no valid
+    token. Used both for the 10% text dropout in training and for the unconditional pass
+    in sampling, so the two always agree. [B, L, D], [B, L] -> same shapes."""
+    return jnp.zeros_like(text_embedding), jnp.zeros_like(text_mask)
+
+
+def drop_text(text_embedding, text_mask, drop):
+    """Replace the rows where `drop` [B] bool is True by `null_text`."""
+    empty_embedding, empty_mask = null_text(text_embedding, text_mask)
+    embedding = jnp.where(drop[:, None, None], empty_embedding, text_embedding)
+    mask = jnp.where(drop[:, None], empty_mask, text_mask)
+    return embedding, mask

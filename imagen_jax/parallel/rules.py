@@ -21,8 +21,10 @@ DEFAULT_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("heads", "fsdp"),
     ("vocab", "fsdp"),
     ("embed", "fsdp"),
+    ("text_embed", "fsdp"),
     ("conv_in", "fsdp"),
     ("kv", None),
+    ("norm", None),
     ("relpos", None),
     ("length", None),
     ("height", None),
@@ -65,7 +67,10 @@ def logical_shardings(abstract_tree, mesh, rules=DEFAULT_RULES):
     unboxed = nn.meta.unbox(abstract_tree)
 
     def one(leaf, spec):
-        spec = spec if isinstance(spec, PartitionSpec) else PartitionSpec()
+        # Names that do not match the leaf's rank (e.g. Adafactor's factored row/column
+        # statistics, which inherit their parameter's box) mean: replicate.
+        if not isinstance(spec, PartitionSpec) or len(spec) != len(leaf.shape):
+            spec = PartitionSpec()
         return NamedSharding(mesh, _fits(spec, leaf.shape, mesh))
 
     return jax.tree_util.tree_map(one, unboxed, mesh_specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
