@@ -157,6 +157,7 @@ def params_from_hf_tensors(
         value = np.asarray(transform(np.asarray(array)))
         if value.shape != expected_shapes[path]:
             bad_shapes.append(f"{name}: {tuple(np.shape(array))} does not give {expected_shapes[path]}")
+            found.add(name)
             continue
         node = params
         for key in path[:-1]:
