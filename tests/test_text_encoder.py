@@ -149,3 +149,21 @@ def test_encode_rejects_bad_input(builtin_encoder):
         builtin_encoder.encode([])
     with pytest.raises(TypeError, match="wrap it"):
         builtin_encoder.encode("a red circle")
+
+
+def test_fsdp_sharded_parameters_give_the_same_embeddings(builtin_encoder):
+    """T5-XXL-style placement: params sharded over 'fsdp' by logical axis rules, batch over both axes."""
+    from imagen_jax.text import logical_param_shardings
+
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    rules = (("embed", "fsdp"), ("mlp", None), ("heads", None), ("kv", None), ("vocab", None), ("relpos", None))
+    shardings = logical_param_shardings(builtin_encoder.config, mesh, rules)
+    assert shardings["layers_0"]["mlp"]["wo"]["kernel"].spec == jax.sharding.PartitionSpec(None, "fsdp")
+    params = jax.device_get(builtin_encoder.params)
+    fsdp = TextEncoder("fsdp", builtin_encoder.config, params, builtin_encoder.tokenizer, max_length=16,
+                       dtype=jnp.float32, mesh=mesh, batch_axes=("data", "fsdp"), param_shardings=shardings)  # fmt: skip
+    assert fsdp.params["token_embedding"]["embedding"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    prompts = [f"{i} green squares" for i in range(8)]
+    np.testing.assert_allclose(fsdp.encode(prompts)[0], builtin_encoder.encode(prompts)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="Auto axis types"):
+        TextEncoder("x", builtin_encoder.config, params, builtin_encoder.tokenizer, mesh=jax.make_mesh((8,), ("batch",)))

@@ -11,7 +11,7 @@ from imagen_jax.text.config import T5EncoderConfig
 TINY_RANDOM_BYT5 = "tiny-random-byt5"
 
 BUILTIN_ENCODERS: dict[str, tuple[T5EncoderConfig, int]] = {
-    # name: (config, seed). vocab 384 = ByT5Tokenizer's ids; 2.4M parameters.
+    # name: (config, seed). vocab 384 = ByT5Tokenizer's ids; 2.7M parameters.
     TINY_RANDOM_BYT5: (
         T5EncoderConfig(
             vocab_size=384,

@@ -73,3 +73,20 @@ class T5EncoderConfig:
         ff = (3 if self.is_gated else 2) * d * self.d_ff
         per_layer = 4 * d * inner + ff + 2 * d
         return self.vocab_size * d + self.relative_attention_num_buckets * self.num_heads + self.num_layers * per_layer + d
+
+
+# Encoder shapes of the public T5 v1.1 checkpoints (google/t5-v1_1-*; Flan-T5 has the same
+# shapes). Imagen uses XXL (SPEC 2). Architectures only: weights come from the checkpoints.
+T5_V1_1_CONFIGS: dict[str, T5EncoderConfig] = {
+    f"t5-v1_1-{size}": T5EncoderConfig(
+        vocab_size=32128, d_model=d_model, d_kv=64, d_ff=d_ff, num_layers=layers, num_heads=heads,
+        feed_forward_proj="gated-gelu",
+    )  # fmt: skip
+    for size, d_model, d_ff, layers, heads in (
+        ("small", 512, 1024, 8, 6),
+        ("base", 768, 2048, 12, 12),
+        ("large", 1024, 2816, 24, 16),
+        ("xl", 2048, 5120, 24, 32),
+        ("xxl", 4096, 10240, 24, 64),
+    )
+}

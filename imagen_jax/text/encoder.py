@@ -66,6 +66,11 @@ class TextEncoder:
         self.max_length = max_length
         self.dtype = default_compute_dtype() if dtype is None else dtype
         self.mesh = mesh if mesh is not None else Mesh(np.asarray(jax.local_devices()), ("batch",))
+        if any(t != jax.sharding.AxisType.Auto for t in self.mesh.axis_types):
+            raise ValueError(
+                f"TextEncoder needs a mesh with Auto axis types (got {self.mesh.axis_types}); build it with "
+                "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))."
+            )
         batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
         self.num_shards = math.prod(self.mesh.shape[axis] for axis in batch_axes)
         self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(batch_axes))
