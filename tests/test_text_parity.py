@@ -113,3 +113,17 @@ def test_reads_pytorch_bin(torch_and_transformers, tmp_path):
     import jax
 
     jax.tree.map(np.testing.assert_array_equal, from_safetensors, from_bin)
+
+
+@pytest.mark.parametrize("num_buckets,max_distance", [(32, 128), (8, 16), (64, 256)])
+def test_relative_position_buckets_match_transformers(torch_and_transformers, num_buckets, max_distance):
+    from imagen_jax.text.t5 import relative_position_bucket
+
+    torch, transformers = torch_and_transformers
+    relative = np.arange(-600, 601)
+    expected = transformers.models.t5.modeling_t5.T5Attention._relative_position_bucket(
+        torch.from_numpy(relative), bidirectional=True, num_buckets=num_buckets, max_distance=max_distance
+    ).numpy()
+    ours = np.asarray(relative_position_bucket(relative, num_buckets=num_buckets, max_distance=max_distance))
+    np.testing.assert_array_equal(ours, expected)
+    assert len(np.unique(ours)) == num_buckets - 1  # every bucket but "0 tokens after", which cannot occur

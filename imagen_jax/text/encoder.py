@@ -142,11 +142,14 @@ def download_checkpoint(hub_id: str) -> str:
         )
     from huggingface_hub import snapshot_download
 
-    patterns = ["config.json", "*.safetensors", "*.safetensors.index.json", "tokenizer*", "spiece.model", "special_tokens_map.json", "added_tokens.json"]
+    config_and_tokenizer = ["config.json", "tokenizer*", "spiece.model", "special_tokens_map.json", "added_tokens.json"]
     try:
-        return snapshot_download(hub_id, allow_patterns=patterns)
+        path = snapshot_download(hub_id, allow_patterns=[*config_and_tokenizer, "*.safetensors", "*.safetensors.index.json"])
+        if not any(name.endswith(".safetensors") for name in os.listdir(path)):  # older repos: PyTorch weights only
+            path = snapshot_download(hub_id, allow_patterns=["pytorch_model.bin", "pytorch_model*.bin", "pytorch_model.bin.index.json"])
+        return path
     except Exception as e:  # network errors, missing repo, gated repo: one message naming the fix
         raise FileNotFoundError(
             f"Could not download {hub_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). Download it where "
-            "the network allows (`huggingface-cli download <id> --local-dir DIR`) and pass DIR instead."
+            "the network allows (`hf download <id> --local-dir DIR`) and pass DIR instead."
         ) from e
