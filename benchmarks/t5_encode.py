@@ -72,7 +72,7 @@ def main():
     source.add_argument("--shape", choices=sorted(T5_V1_1_CONFIGS))
     parser.add_argument("--batch_sizes", default="32,128")
     parser.add_argument("--max_length", type=int, default=128)
-    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default=None, help="compute dtype (default: per backend)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), help="compute dtype (default: per backend)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--out", default="benchmarks/results/t5_encode.json")
     args = parser.parse_args()
@@ -101,7 +101,10 @@ def main():
             "device_tflops": flops / device_s / 1e12,
         })  # fmt: skip
 
-    header = f"{'encoder':>18} {'params':>8} {'batch':>5} {'L':>4} {'dtype':>8} {'prompts/s':>10} {'device prompts/s':>16} {'TFLOP/s':>8}"
+    header = (
+        f"{'encoder':>18} {'params':>8} {'batch':>5} {'L':>4} {'dtype':>8} "
+        f"{'prompts/s':>10} {'device prompts/s':>16} {'TFLOP/s':>8}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:

@@ -107,7 +107,8 @@ def test_embed_command_caches_a_tfds_dataset(tmp_path, encoder):
 
     records = builder.as_data_source(split="train")
     source = EmbeddingCacheSource(embedding_cache_dir(dataset_dir, "tiny-random-byt5", "train"))
-    assert len(source) == 5 and len(EmbeddingCacheSource(embedding_cache_dir(dataset_dir, "tiny-random-byt5", "test"))) == 2
+    assert len(source) == 5
+    assert len(EmbeddingCacheSource(embedding_cache_dir(dataset_dir, "tiny-random-byt5", "test"))) == 2
     expected = _expected(encoder, [records[i]["caption"] for i in range(5)])
     for i, want in enumerate(expected):
         np.testing.assert_allclose(source[i]["text_embedding"].astype(np.float32), want, rtol=1e-2, atol=1e-2)

@@ -72,7 +72,8 @@ def test_load_errors_list_missing_unexpected_and_misshapen_weights(checkpoint):
     with pytest.raises(ValueError) as error:
         load_hf_checkpoint(str(checkpoint))
     message = str(error.value)
-    assert "missing weights (2): encoder.block.1.layer.0.SelfAttention.q.weight, encoder.final_layer_norm.weight" in message
+    missing = "encoder.block.1.layer.0.SelfAttention.q.weight, encoder.final_layer_norm.weight"
+    assert f"missing weights (2): {missing}" in message
     assert "unexpected weights (1): encoder.block.7.layer.0.SelfAttention.q.weight" in message
     assert "wrong shapes (1): encoder.block.0.layer.1.DenseReluDense.wo.weight" in message
     assert "decoder" not in message
@@ -138,7 +139,8 @@ def test_text_encoder_shards_the_batch_and_matches_unsharded_encoding(builtin_en
     prompts = [f"{i} red circles" for i in range(16)]  # 16 divides over 8 devices: no padding, stays sharded
     embeddings, _ = encoder.encode(prompts)
     assert embeddings.sharding.spec == jax.sharding.PartitionSpec(("batch",))
-    bf16 = TextEncoder("bf16", encoder.config, jax.device_get(encoder.params), encoder.tokenizer, max_length=16, dtype=jnp.bfloat16)
+    params = jax.device_get(encoder.params)
+    bf16 = TextEncoder("bf16", encoder.config, params, encoder.tokenizer, max_length=16, dtype=jnp.bfloat16)
     embeddings_bf16, _ = bf16.encode(prompts)
     assert embeddings_bf16.dtype == jnp.float32
     assert 0 < np.abs(np.asarray(embeddings_bf16) - np.asarray(embeddings)).max() < 0.1
@@ -160,10 +162,13 @@ def test_fsdp_sharded_parameters_give_the_same_embeddings(builtin_encoder):
     shardings = logical_param_shardings(builtin_encoder.config, mesh, rules)
     assert shardings["layers_0"]["mlp"]["wo"]["kernel"].spec == jax.sharding.PartitionSpec(None, "fsdp")
     params = jax.device_get(builtin_encoder.params)
-    fsdp = TextEncoder("fsdp", builtin_encoder.config, params, builtin_encoder.tokenizer, max_length=16,
-                       dtype=jnp.float32, mesh=mesh, batch_axes=("data", "fsdp"), param_shardings=shardings)  # fmt: skip
+    fsdp = TextEncoder(
+        "fsdp", builtin_encoder.config, params, builtin_encoder.tokenizer, max_length=16, dtype=jnp.float32,
+        mesh=mesh, batch_axes=("data", "fsdp"), param_shardings=shardings,
+    )  # fmt: skip
     assert fsdp.params["token_embedding"]["embedding"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
     prompts = [f"{i} green squares" for i in range(8)]
     np.testing.assert_allclose(fsdp.encode(prompts)[0], builtin_encoder.encode(prompts)[0], atol=1e-5)
     with pytest.raises(ValueError, match="Auto axis types"):
-        TextEncoder("x", builtin_encoder.config, params, builtin_encoder.tokenizer, mesh=jax.make_mesh((8,), ("batch",)))
+        explicit_mesh = jax.make_mesh((8,), ("batch",))  # JAX 0.10's default axis type is Explicit
+        TextEncoder("x", builtin_encoder.config, params, builtin_encoder.tokenizer, mesh=explicit_mesh)

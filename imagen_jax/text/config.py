@@ -35,7 +35,8 @@ class T5EncoderConfig:
                 f"feed_forward_proj={self.feed_forward_proj!r} is not supported; use 'relu', 'gated-gelu' "
                 f"or '[gated-]<act>' with <act> one of {ACTIVATIONS}."
             )
-        for name in ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets"):
+        sizes = ("vocab_size", "d_model", "d_kv", "d_ff", "num_layers", "num_heads", "relative_attention_num_buckets")
+        for name in sizes:
             if getattr(self, name) <= 0:
                 raise ValueError(f"T5EncoderConfig.{name} must be positive, got {getattr(self, name)}.")
 
@@ -72,7 +73,8 @@ class T5EncoderConfig:
         d, inner = self.d_model, self.num_heads * self.d_kv
         ff = (3 if self.is_gated else 2) * d * self.d_ff
         per_layer = 4 * d * inner + ff + 2 * d
-        return self.vocab_size * d + self.relative_attention_num_buckets * self.num_heads + self.num_layers * per_layer + d
+        bias_table = self.relative_attention_num_buckets * self.num_heads
+        return self.vocab_size * d + bias_table + self.num_layers * per_layer + d
 
 
 # Encoder shapes of the public T5 v1.1 checkpoints (google/t5-v1_1-*; Flan-T5 has the same

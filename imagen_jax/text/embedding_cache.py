@@ -45,7 +45,7 @@ def _caption(record: Any, caption_key: str, index: int) -> str:
         caption = record[caption_key]
     except (KeyError, TypeError, IndexError) as e:
         keys = list(record) if isinstance(record, dict) else type(record).__name__
-        raise KeyError(f"Record {index} has no caption key {caption_key!r} (it has {keys}); pass caption_key=...") from e
+        raise KeyError(f"Record {index} has no caption key {caption_key!r} (it has {keys}); pass caption_key=.") from e
     caption = caption.item() if isinstance(caption, np.ndarray) else caption
     if isinstance(caption, bytes):
         return caption.decode("utf-8")
@@ -54,7 +54,7 @@ def _caption(record: Any, caption_key: str, index: int) -> str:
     return caption
 
 
-def _encoded_batches(records, encoder, caption_key: str, batch_size: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+def _encoded_batches(records, encoder, caption_key: str, batch_size: int) -> Iterator[tuple]:
     """(embeddings [batch_size, L, D] float32, mask [batch_size, L] bool, n_real) per batch, in order.
 
     Every batch has the same shape (the last one is padded with empty captions) so the encoder
@@ -98,7 +98,9 @@ def write_embedding_cache(
         raise ValueError(f"batch_size ({batch_size}) and records_per_file ({records_per_file}) must be positive.")
     out_dir = os.path.abspath(out_dir)
     if os.path.exists(out_dir) and not overwrite:
-        raise FileExistsError(f"An embedding cache already exists at {out_dir}; pass overwrite=True (--overwrite) to replace it.")
+        raise FileExistsError(
+            f"An embedding cache already exists at {out_dir}; pass overwrite=True (--overwrite) to replace it."
+        )
     count = len(records)
     if count == 0:
         raise ValueError("No records to encode: the dataset split is empty.")
@@ -117,10 +119,11 @@ def write_embedding_cache(
                     if written % records_per_file == 0:
                         if writer is not None:
                             writer.close()
-                        writer = ArrayRecordWriter(os.path.join(tmp_dir, files[written // records_per_file]), "group_size:1")
+                        path = os.path.join(tmp_dir, files[written // records_per_file])
+                        writer = ArrayRecordWriter(path, "group_size:1")
                     n = int(mask[row].sum())
                     if not mask[row, :n].all():
-                        raise ValueError("The text encoder's mask is not right-padded; the cache stores a token prefix.")
+                        raise ValueError("The text encoder's mask is not right-padded; the cache stores prefixes.")
                     tokens = embeddings[row, :n].astype(np_dtype)
                     if not np.isfinite(tokens.astype(np.float32)).all():
                         raise FloatingPointError(
@@ -175,7 +178,8 @@ def read_cache_metadata(cache_dir: str) -> dict[str, Any]:
         metadata = json.load(f)
     if metadata.get("format") != CACHE_FORMAT or metadata.get("version") != CACHE_VERSION:
         raise ValueError(
-            f"{path} is not a version-{CACHE_VERSION} {CACHE_FORMAT} cache; rewrite it with `imagen-jax embed --overwrite`."
+            f"{path} is not a version-{CACHE_VERSION} {CACHE_FORMAT} cache; "
+            "rewrite it with `imagen-jax embed --overwrite`."
         )
     return metadata
 

@@ -40,7 +40,7 @@ class TextEncoder:
 
     encode(prompts) -> (embeddings [B, max_length, d_model] float32 jax.Array, zero at padding;
                         mask [B, max_length] bool jax.Array), both sharded over the batch.
-    The batch is padded up to a multiple of the mesh size and cut back after.
+    The batch is padded up to a multiple of the number of batch shards and cut back after.
     For use inside other jitted programs, `encode_tokens(params, ids, mask, config=...)`
     (imagen_jax.text.t5) is the same computation as a pure function.
     """
@@ -126,11 +126,16 @@ def load_text_encoder(
     if name_or_path in BUILTIN_ENCODERS:
         config, seed = BUILTIN_ENCODERS[name_or_path]
         params = jax.tree.map(np.asarray, init_params(config, seed, param_dtype))
-        return TextEncoder(name_or_path, config, params, byt5_tokenizer(), max_length=max_length, dtype=dtype, **encoder_kwargs)
+        kwargs = dict(max_length=max_length, dtype=dtype, **encoder_kwargs)
+        return TextEncoder(name_or_path, config, params, byt5_tokenizer(), **kwargs)
     checkpoint_dir = name_or_path if os.path.isdir(name_or_path) else download_checkpoint(name_or_path)
     config, params = load_hf_checkpoint(checkpoint_dir, param_dtype)
-    name = os.path.basename(os.path.normpath(name_or_path)) if os.path.isdir(name_or_path) else name_or_path.replace("/", "--")
-    return TextEncoder(name, config, params, load_tokenizer(checkpoint_dir), max_length=max_length, dtype=dtype, **encoder_kwargs)
+    if os.path.isdir(name_or_path):
+        name = os.path.basename(os.path.normpath(name_or_path))
+    else:
+        name = name_or_path.replace("/", "--")
+    tokenizer = load_tokenizer(checkpoint_dir)
+    return TextEncoder(name, config, params, tokenizer, max_length=max_length, dtype=dtype, **encoder_kwargs)
 
 
 def download_checkpoint(hub_id: str) -> str:
@@ -144,9 +149,10 @@ def download_checkpoint(hub_id: str) -> str:
 
     config_and_tokenizer = ["config.json", "tokenizer*", "spiece.model", "special_tokens_map.json", "added_tokens.json"]
     try:
-        path = snapshot_download(hub_id, allow_patterns=[*config_and_tokenizer, "*.safetensors", "*.safetensors.index.json"])
+        safetensors = ["*.safetensors", "*.safetensors.index.json"]
+        path = snapshot_download(hub_id, allow_patterns=[*config_and_tokenizer, *safetensors])
         if not any(name.endswith(".safetensors") for name in os.listdir(path)):  # older repos: PyTorch weights only
-            path = snapshot_download(hub_id, allow_patterns=["pytorch_model.bin", "pytorch_model*.bin", "pytorch_model.bin.index.json"])
+            path = snapshot_download(hub_id, allow_patterns=["pytorch_model*.bin", "pytorch_model.bin.index.json"])
         return path
     except Exception as e:  # network errors, missing repo, gated repo: one message naming the fix
         raise FileNotFoundError(

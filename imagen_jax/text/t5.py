@@ -146,7 +146,8 @@ class T5MLP(nn.Module):
         act = _activation(cfg.activation)
         std_in = cfg.d_model**-0.5
         if cfg.is_gated:
-            hidden = act(dense(cfg.d_ff, ("embed", "mlp"), std_in, "wi_0")(x)) * dense(cfg.d_ff, ("embed", "mlp"), std_in, "wi_1")(x)
+            gate = act(dense(cfg.d_ff, ("embed", "mlp"), std_in, "wi_0")(x))
+            hidden = gate * dense(cfg.d_ff, ("embed", "mlp"), std_in, "wi_1")(x)
         else:
             hidden = act(dense(cfg.d_ff, ("embed", "mlp"), std_in, "wi")(x))
         hidden = nn.with_logical_constraint(hidden, ("batch", "length", "mlp"))
