@@ -2,7 +2,8 @@
 
 The cache of split S goes to <dataset_dir>/text_embeddings/<encoder_name>/<S>/, where
 <dataset_dir> is the dataset's prepared version directory (the one holding dataset_info.json),
-e.g. ~/tensorflow_datasets/shapes/1.0.0/text_embeddings/tiny-random-byt5/train/.
+e.g. ~/tensorflow_datasets/shapes/1.0.0/text_embeddings/tiny-random-byt5/train/ for the train
+split of ~/tensorflow_datasets/shapes/1.0.0 encoded with the built-in encoder.
 TensorFlow is not needed: the records are read with TFDS's ArrayRecord data source, with
 every feature other than the caption left undecoded.
 """
