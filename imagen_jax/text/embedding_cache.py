@@ -57,12 +57,16 @@ def _caption(record: Any, caption_key: str, index: int) -> str:
 def _encoded_batches(records, encoder, caption_key: str, batch_size: int) -> Iterator[tuple]:
     """(embeddings [batch_size, L, D] float32, mask [batch_size, L] bool, n_real) per batch, in order.
 
-    Every batch has the same shape (the last one is padded with empty captions) so the encoder
-    compiles once; the next batch is dispatched before the current one is copied to the host.
+    Records are read a batch at a time (`__getitems__` where the source has it, as TFDS and
+    grain sources do). Every batch has the same shape (the last one is padded with empty
+    captions) so the encoder compiles once; the next batch is dispatched before the current
+    one is copied to the host.
     """
     pending = None
     for start in range(0, len(records), batch_size):
-        captions = [_caption(records[i], caption_key, i) for i in range(start, min(start + batch_size, len(records)))]
+        indices = range(start, min(start + batch_size, len(records)))
+        batch = records.__getitems__(list(indices)) if hasattr(records, "__getitems__") else [records[i] for i in indices]
+        captions = [_caption(record, caption_key, i) for i, record in zip(indices, batch)]
         n_real = len(captions)
         embeddings, mask = encoder.encode(captions + [""] * (batch_size - n_real))
         if pending is not None:
