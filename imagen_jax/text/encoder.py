@@ -1,0 +1,161 @@
+"""TextEncoder: prompts -> (embeddings [B, L, D] float32, mask [B, L] bool), jitted and
+sharded over the batch across all local devices (SPEC 2: frozen, encoded once per prompt).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from imagen_jax.text.builtin import BUILTIN_ENCODERS
+from imagen_jax.text.config import T5EncoderConfig
+from imagen_jax.text.hf_checkpoint import load_hf_checkpoint
+from imagen_jax.text.t5 import abstract_params, encode_tokens, init_params
+from imagen_jax.text.tokenizer import byt5_tokenizer, load_tokenizer, tokenize
+
+DEFAULT_MAX_LENGTH = 128
+
+
+def default_compute_dtype():
+    """bfloat16 on accelerators, float32 on CPU."""
+    return jnp.float32 if jax.default_backend() == "cpu" else jnp.bfloat16
+
+
+def logical_param_shardings(config: T5EncoderConfig, mesh: Mesh, rules) -> Any:
+    """NamedSharding per parameter from logical axis rules, e.g. (("embed", "fsdp"), ("mlp", None), ...)."""
+    return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_params(config)), mesh, rules)
+
+
+class TextEncoder:
+    """A frozen T5 encoder with its tokenizer.
+
+    encode(prompts) -> (embeddings [B, max_length, d_model] float32 jax.Array, zero at padding;
+                        mask [B, max_length] bool jax.Array), both sharded over the batch.
+    The batch is padded up to a multiple of the number of batch shards and cut back after.
+    For use inside other jitted programs, `encode_tokens(params, ids, mask, config=...)`
+    (imagen_jax.text.t5) is the same computation as a pure function.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        config: T5EncoderConfig,
+        params: Any,
+        tokenizer: Any,
+        *,
+        max_length: int = DEFAULT_MAX_LENGTH,
+        dtype: Any = None,
+        mesh: Mesh | None = None,
+        batch_axes: str | tuple[str, ...] = "batch",
+        param_shardings: Any = None,
+    ):
+        if max_length <= 0:
+            raise ValueError(f"max_length must be positive, got {max_length}.")
+        self.name = name
+        self.config = config
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.dtype = default_compute_dtype() if dtype is None else dtype
+        self.mesh = mesh if mesh is not None else Mesh(np.asarray(jax.local_devices()), ("batch",))
+        if any(t != jax.sharding.AxisType.Auto for t in self.mesh.axis_types):
+            raise ValueError(
+                f"TextEncoder needs a mesh with Auto axis types (got {self.mesh.axis_types}); build it with "
+                "jax.make_mesh(shape, names, axis_types=(jax.sharding.AxisType.Auto,) * len(names))."
+            )
+        batch_axes = (batch_axes,) if isinstance(batch_axes, str) else tuple(batch_axes)
+        self.num_shards = math.prod(self.mesh.shape[axis] for axis in batch_axes)
+        self.batch_sharding = NamedSharding(self.mesh, PartitionSpec(batch_axes))
+        if param_shardings is None:
+            param_shardings = jax.tree.map(lambda _: NamedSharding(self.mesh, PartitionSpec()), params)
+        self.params = jax.device_put(params, param_shardings)
+        self._encode = jax.jit(
+            functools.partial(encode_tokens, config=config, dtype=self.dtype),
+            in_shardings=(param_shardings, self.batch_sharding, self.batch_sharding),
+            out_shardings=self.batch_sharding,
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.config.d_model
+
+    def tokenize(self, prompts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Token ids [B, max_length] int32 and mask [B, max_length] bool (numpy)."""
+        return tokenize(self.tokenizer, prompts, self.max_length)
+
+    def encode_ids(self, token_ids, mask) -> tuple[jax.Array, jax.Array]:
+        """Embeddings [B, L, D] float32 and mask [B, L] bool from token ids and mask [B, L]."""
+        token_ids, mask = np.asarray(token_ids, np.int32), np.asarray(mask, bool)
+        batch = token_ids.shape[0]
+        padded = -(-batch // self.num_shards) * self.num_shards
+        if padded != batch:  # whole shards only; padding rows are fully masked and cut off below
+            token_ids = np.pad(token_ids, ((0, padded - batch), (0, 0)))
+            mask = np.pad(mask, ((0, padded - batch), (0, 0)))
+        token_ids = jax.device_put(token_ids, self.batch_sharding)
+        mask = jax.device_put(mask, self.batch_sharding)
+        embeddings = self._encode(self.params, token_ids, mask)
+        if padded != batch:
+            embeddings, mask = embeddings[:batch], mask[:batch]
+        return embeddings, mask
+
+    def encode(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
+        """Embeddings [B, max_length, D] float32 (0 at padding) and mask [B, max_length] bool."""
+        if len(prompts) == 0:
+            raise ValueError("encode() got no prompts; pass a non-empty list of strings.")
+        return self.encode_ids(*self.tokenize(prompts))
+
+
+def load_text_encoder(
+    name_or_path: str,
+    *,
+    max_length: int = DEFAULT_MAX_LENGTH,
+    dtype: Any = None,
+    param_dtype: Any = np.float32,
+    **encoder_kwargs,
+) -> TextEncoder:
+    """A TextEncoder from a built-in name (see BUILTIN_ENCODERS), a local Hugging Face
+    checkpoint directory, or a Hugging Face hub id (downloaded when the network allows)."""
+    if name_or_path in BUILTIN_ENCODERS:
+        config, seed = BUILTIN_ENCODERS[name_or_path]
+        params = jax.tree.map(np.asarray, init_params(config, seed, param_dtype))
+        kwargs = dict(max_length=max_length, dtype=dtype, **encoder_kwargs)
+        return TextEncoder(name_or_path, config, params, byt5_tokenizer(), **kwargs)
+    checkpoint_dir = name_or_path if os.path.isdir(name_or_path) else download_checkpoint(name_or_path)
+    config, params = load_hf_checkpoint(checkpoint_dir, param_dtype)
+    if os.path.isdir(name_or_path):
+        name = os.path.basename(os.path.normpath(name_or_path))
+    else:
+        name = name_or_path.replace("/", "--")
+    tokenizer = load_tokenizer(checkpoint_dir)
+    return TextEncoder(name, config, params, tokenizer, max_length=max_length, dtype=dtype, **encoder_kwargs)
+
+
+def download_checkpoint(hub_id: str) -> str:
+    """Local snapshot directory of a hub T5 checkpoint (config, safetensors weights, tokenizer)."""
+    if hub_id.count("/") != 1 or hub_id.startswith((".", "/")):
+        raise FileNotFoundError(
+            f"{hub_id!r} is neither a built-in encoder ({', '.join(BUILTIN_ENCODERS)}), nor a local directory, "
+            "nor a Hugging Face hub id like 'google/flan-t5-xxl'."
+        )
+    from huggingface_hub import snapshot_download
+
+    config_and_tokenizer = ["config.json", "tokenizer*", "spiece.model", "special_tokens_map.json", "added_tokens.json"]
+    try:
+        safetensors = ["*.safetensors", "*.safetensors.index.json"]
+        path = snapshot_download(hub_id, allow_patterns=[*config_and_tokenizer, *safetensors])
+        if not any(name.endswith(".safetensors") for name in os.listdir(path)):  # older repos: PyTorch weights only
+            path = snapshot_download(hub_id, allow_patterns=["pytorch_model*.bin", "pytorch_model.bin.index.json"])
+        return path
+    except Exception as e:  # network errors, missing repo, gated repo: one message naming the fix
+        raise FileNotFoundError(
+            f"Could not download {hub_id!r} from the Hugging Face hub ({type(e).__name__}: {e}). Download it where "
+            "the network allows (`hf download <id> --local-dir DIR`) and pass DIR instead."
+        ) from e

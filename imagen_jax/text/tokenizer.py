@@ -1,0 +1,61 @@
+"""Tokenizers (through transformers) and fixed-length tokenization with a truncation warning."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+
+# Files of which at least one marks a directory as holding a saved Hugging Face tokenizer.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
+
+
+def byt5_tokenizer():
+    """ByT5's byte-level tokenizer (UTF-8 bytes + 3 specials + 125 sentinels = 384 ids); needs no file."""
+    from transformers import ByT5Tokenizer
+
+    return ByT5Tokenizer()
+
+
+def load_tokenizer(checkpoint_dir: str):
+    """The tokenizer saved beside a checkpoint, through transformers' AutoTokenizer."""
+    if not any(os.path.isfile(os.path.join(checkpoint_dir, name)) for name in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"No tokenizer in {checkpoint_dir!r} (looked for {', '.join(TOKENIZER_FILES)}). Save it beside the "
+            "weights with `AutoTokenizer.from_pretrained(<original>).save_pretrained(dir)`."
+        )
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(checkpoint_dir)
+
+
+def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token ids [B, max_length] int32 and mask [B, max_length] bool, right-padded with pad ids.
+
+    Prompts longer than max_length are truncated, keeping the end-of-sequence token as the
+    last token (as Hugging Face's truncation does for T5), with one warning per call.
+    """
+    if isinstance(prompts, (str, bytes)):
+        raise TypeError("tokenize expects a list of prompts, not a single string; wrap it: [prompt].")
+    prompts = [p.decode("utf-8") if isinstance(p, bytes) else str(p) for p in prompts]
+    token_lists = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id or 0
+    ids = np.full((len(prompts), max_length), pad, np.int32)
+    mask = np.zeros((len(prompts), max_length), bool)
+    truncated = []
+    for i, tokens in enumerate(token_lists):
+        if len(tokens) > max_length:
+            truncated.append((i, len(tokens)))
+            tokens = tokens[: max_length - 1] + [eos] if eos is not None and tokens[-1] == eos else tokens[:max_length]
+        ids[i, : len(tokens)] = tokens
+        mask[i, : len(tokens)] = True
+    if truncated:
+        longest = max(n for _, n in truncated)
+        warnings.warn(
+            f"{len(truncated)} of {len(prompts)} prompts are longer than max_length={max_length} tokens "
+            f"(longest: {longest}) and were truncated; raise the text encoder's max_length to keep them whole.",
+            stacklevel=2,
+        )
+    return ids, mask

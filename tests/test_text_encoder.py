@@ -1,0 +1,174 @@
+"""The Flax T5 encoder without torch: masking, loading errors, logical axes, freezing, sharding."""
+
+import json
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from imagen_jax.text import (
+    LOGICAL_AXES,
+    T5Encoder,
+    T5EncoderConfig,
+    TextEncoder,
+    encode_tokens,
+    init_params,
+    load_hf_checkpoint,
+    load_text_encoder,
+    save_hf_checkpoint,
+)
+from imagen_jax.text.t5 import abstract_params
+
+CONFIG = T5EncoderConfig(
+    vocab_size=64, d_model=32, d_kv=8, d_ff=48, num_layers=2, num_heads=4,
+    relative_attention_num_buckets=8, relative_attention_max_distance=16, feed_forward_proj="gated-gelu",
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def params():
+    return init_params(CONFIG, seed=0)
+
+
+@pytest.fixture()
+def checkpoint(tmp_path, params):
+    save_hf_checkpoint(str(tmp_path), params, CONFIG)
+    return tmp_path
+
+
+def test_padding_does_not_change_unmasked_outputs(params):
+    """Same 10 tokens, padded to 12 or 40 with arbitrary (non-pad) ids: identical unmasked outputs."""
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(2, CONFIG.vocab_size, size=(1, 10))
+    outputs = []
+    for length in (12, 40):
+        ids = np.concatenate([tokens, rng.integers(2, CONFIG.vocab_size, size=(1, length - 10))], axis=1)
+        mask = np.arange(length)[None] < 10
+        outputs.append(np.asarray(encode_tokens(params, ids, mask, config=CONFIG)))
+    np.testing.assert_allclose(outputs[0][:, :10], outputs[1][:, :10], atol=1e-5)
+    assert np.all(outputs[1][:, 10:] == 0.0)
+    # Without the mask, the extra tokens would change the outputs: the test can fail.
+    unmasked = np.asarray(T5Encoder(CONFIG).apply({"params": params}, ids, np.ones_like(mask)))
+    assert np.abs(unmasked[:, :10] - outputs[1][:, :10]).max() > 1e-2
+
+
+def test_checkpoint_round_trip(checkpoint, params):
+    config, loaded = load_hf_checkpoint(str(checkpoint))
+    assert config == CONFIG
+    jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), loaded)
+
+
+def test_load_errors_list_missing_unexpected_and_misshapen_weights(checkpoint):
+    weights = load_file(checkpoint / "model.safetensors")
+    del weights["encoder.block.1.layer.0.SelfAttention.q.weight"]
+    del weights["encoder.final_layer_norm.weight"]
+    weights["encoder.block.7.layer.0.SelfAttention.q.weight"] = np.zeros((32, 32), np.float32)
+    weights["encoder.block.0.layer.1.DenseReluDense.wo.weight"] = np.zeros((5, 5), np.float32)
+    weights["decoder.block.0.layer.0.SelfAttention.q.weight"] = np.zeros((32, 32), np.float32)  # skipped, fine
+    save_file(weights, checkpoint / "model.safetensors")
+    with pytest.raises(ValueError) as error:
+        load_hf_checkpoint(str(checkpoint))
+    message = str(error.value)
+    missing = "encoder.block.1.layer.0.SelfAttention.q.weight, encoder.final_layer_norm.weight"
+    assert f"missing weights (2): {missing}" in message
+    assert "unexpected weights (1): encoder.block.7.layer.0.SelfAttention.q.weight" in message
+    assert "wrong shapes (1): encoder.block.0.layer.1.DenseReluDense.wo.weight" in message
+    assert "decoder" not in message
+
+
+def test_load_errors_name_the_fix(tmp_path, checkpoint):
+    with pytest.raises(FileNotFoundError, match="No config.json"):
+        load_hf_checkpoint(str(tmp_path / "nowhere"))
+    (checkpoint / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="No weights .*save_pretrained"):
+        load_hf_checkpoint(str(checkpoint))
+    with pytest.raises(FileNotFoundError, match="neither a built-in encoder"):
+        load_text_encoder("./no/such/encoder")
+    config = json.loads((checkpoint / "config.json").read_text())
+    (checkpoint / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
+    with pytest.raises(ValueError, match="only T5-family"):
+        load_hf_checkpoint(str(checkpoint))
+    with pytest.raises(ValueError, match="feed_forward_proj='gated-tanh-x'"):
+        T5EncoderConfig(feed_forward_proj="gated-tanh-x")
+
+
+def test_missing_tokenizer_is_a_clear_error(checkpoint):
+    with pytest.raises(FileNotFoundError, match="No tokenizer in .*save_pretrained"):
+        load_text_encoder(str(checkpoint))
+
+
+def test_every_parameter_has_logical_axes():
+    boxed = abstract_params(CONFIG)
+    specs = jax.tree.leaves(nn.get_partition_spec(boxed), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+    shapes = jax.tree.leaves(nn.unbox(boxed))
+    assert len(specs) == len(shapes) == 3 + CONFIG.num_layers * 9
+    for spec, shape in zip(specs, shapes):
+        assert len(spec) == len(shape.shape) and set(spec) <= set(LOGICAL_AXES), (spec, shape)
+    assert sum(s.size for s in shapes) == CONFIG.num_params
+
+
+def test_encoder_is_frozen(params):
+    ids = jnp.ones((2, 6), jnp.int32)
+    mask = jnp.ones((2, 6), bool)
+    grads = jax.grad(lambda p: jnp.sum(encode_tokens(p, ids, mask, config=CONFIG) ** 2))(params)
+    assert all(np.all(np.asarray(g) == 0) for g in jax.tree.leaves(grads))
+
+
+@pytest.fixture(scope="module")
+def builtin_encoder():
+    return load_text_encoder("tiny-random-byt5", max_length=16, dtype=jnp.float32)
+
+
+def test_text_encoder_shards_the_batch_and_matches_unsharded_encoding(builtin_encoder):
+    encoder = builtin_encoder
+    assert encoder.num_shards == len(jax.local_devices()) == 8
+    prompts = ["a red circle", "two blue squares", "", "a green triangle left of a circle", "é"]  # 5: padded to 8
+    with pytest.warns(UserWarning, match="2 of 5 prompts are longer than max_length=16"):
+        embeddings, mask = encoder.encode(prompts)
+        ids, expected_mask = encoder.tokenize(prompts)
+    assert embeddings.shape == (5, 16, encoder.dim) and embeddings.dtype == jnp.float32
+    assert mask.shape == (5, 16) and mask.dtype == jnp.bool_
+    np.testing.assert_array_equal(mask, expected_mask)
+    assert expected_mask.sum(1).tolist() == [13, 16, 1, 16, 3]  # UTF-8 bytes + EOS, capped at 16
+    expected = encode_tokens(jax.device_get(encoder.params), ids, expected_mask, config=encoder.config)
+    np.testing.assert_allclose(embeddings, expected, atol=1e-5)
+
+    prompts = [f"{i} red circles" for i in range(16)]  # 16 divides over 8 devices: no padding, stays sharded
+    embeddings, _ = encoder.encode(prompts)
+    assert embeddings.sharding.spec == jax.sharding.PartitionSpec(("batch",))
+    params = jax.device_get(encoder.params)
+    bf16 = TextEncoder("bf16", encoder.config, params, encoder.tokenizer, max_length=16, dtype=jnp.bfloat16)
+    embeddings_bf16, _ = bf16.encode(prompts)
+    assert embeddings_bf16.dtype == jnp.float32
+    assert 0 < np.abs(np.asarray(embeddings_bf16) - np.asarray(embeddings)).max() < 0.1
+
+
+def test_encode_rejects_bad_input(builtin_encoder):
+    with pytest.raises(ValueError, match="no prompts"):
+        builtin_encoder.encode([])
+    with pytest.raises(TypeError, match="wrap it"):
+        builtin_encoder.encode("a red circle")
+
+
+def test_fsdp_sharded_parameters_give_the_same_embeddings(builtin_encoder):
+    """T5-XXL-style placement: params sharded over 'fsdp' by logical axis rules, batch over both axes."""
+    from imagen_jax.text import logical_param_shardings
+
+    mesh = jax.make_mesh((2, 4), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    rules = (("embed", "fsdp"), ("mlp", None), ("heads", None), ("kv", None), ("vocab", None), ("relpos", None))
+    shardings = logical_param_shardings(builtin_encoder.config, mesh, rules)
+    assert shardings["layers_0"]["mlp"]["wo"]["kernel"].spec == jax.sharding.PartitionSpec(None, "fsdp")
+    params = jax.device_get(builtin_encoder.params)
+    fsdp = TextEncoder(
+        "fsdp", builtin_encoder.config, params, builtin_encoder.tokenizer, max_length=16, dtype=jnp.float32,
+        mesh=mesh, batch_axes=("data", "fsdp"), param_shardings=shardings,
+    )  # fmt: skip
+    assert fsdp.params["token_embedding"]["embedding"].sharding.spec == jax.sharding.PartitionSpec(None, "fsdp")
+    prompts = [f"{i} green squares" for i in range(8)]
+    np.testing.assert_allclose(fsdp.encode(prompts)[0], builtin_encoder.encode(prompts)[0], atol=1e-5)
+    with pytest.raises(ValueError, match="Auto axis types"):
+        explicit_mesh = jax.make_mesh((8,), ("batch",))  # JAX 0.10's default axis type is Explicit
+        TextEncoder("x", builtin_encoder.config, params, builtin_encoder.tokenizer, mesh=explicit_mesh)
