@@ -28,9 +28,9 @@ class RandomAccessSource(Protocol):
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
-    """`data_dir`, else $IMAGEN_JAX_DATA_DIR, else ~/imagen_jax_data (user-expanded)."""
+    """`data_dir`, else $IMAGEN_JAX_DATA_DIR, else ~/imagen_jax_data (absolute, ~ expanded)."""
     chosen = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return os.path.expanduser(os.fspath(chosen))
+    return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
 
 
 def get_path(tree: Any, key: str) -> Any:
@@ -83,7 +83,7 @@ def open_builder(
         builder = tfds.builder(name, data_dir=data_dir)
     except Exception as error:  # tfds raises several types (not found, bad config, ...)
         raise FileNotFoundError(
-            f"Dataset {name!r} was not found in {data_dir} ({type(error).__name__}: {error}). "
+            f"Dataset {name!r} was not found in {data_dir} ({str(error).splitlines()[0]}). "
             "Import your images with `imagen-jax data import`, or prepare the TFDS dataset there "
             "with `tfds build NAME --data_dir DIR --file_format=array_record`."
         ) from None
