@@ -25,7 +25,6 @@ import os
 import re
 import shutil
 from collections.abc import Iterator, Sequence
-from concurrent import futures
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -35,6 +34,7 @@ from PIL import Image
 
 from imagen_jax.data import image_ops
 from imagen_jax.data.sources import resolve_data_dir
+from imagen_jax.data.worker_pool import ordered_map
 
 log = logging.getLogger(__name__)
 
@@ -215,8 +215,7 @@ class ImportedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, split: str, items: Sequence[ImportItem]) -> Iterator[tuple[int, dict]]:
         tasks = [(item.path, self._max_size) for item in items]
         written = 0
-        with futures.ProcessPoolExecutor(self._num_workers) if self._num_workers > 1 else _InlineExecutor() as pool:
-            results = pool.map(_encode_item, tasks, chunksize=16)
+        with ordered_map(_encode_item, tasks, num_workers=self._num_workers, chunksize=16) as results:
             progress = tqdm.tqdm(zip(items, results), total=len(items), desc=f"Importing {split}", unit=" images")
             for index, (item, (encoded, error)) in enumerate(progress):
                 if encoded is None:
@@ -227,20 +226,6 @@ class ImportedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 written += 1
                 yield index, {"image": encoded, "caption": item.caption, "file": item.name}
         self._report.written[split] = written
-
-
-class _InlineExecutor:
-    """The part of an executor `_generate_examples` uses, running in this process."""
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
-
-    def map(self, fn, iterable, chunksize=1):
-        del chunksize
-        return map(fn, iterable)
 
 
 def import_dataset(

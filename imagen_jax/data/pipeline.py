@@ -96,10 +96,21 @@ def make_dataset(
         grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_buffer_size)
     )
     if num_workers > 0:
+        _ensure_absl_flags_parsed()
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=worker_buffer_size)
         )
     return iter_dataset
+
+
+def _ensure_absl_flags_parsed() -> None:
+    """Grain 0.2.18's worker processes read an absl flag and fail when the program never
+    parsed flags (a plain script, not absl.app): google/grain#1355, fixed upstream in
+    #1362. Marking unparsed flags as parsed leaves them at their defaults."""
+    from absl import flags
+
+    if not flags.FLAGS.is_parsed():
+        flags.FLAGS.mark_as_parsed()
 
 
 def prepare_from_config(data: ml_collections.ConfigDict, text: str) -> PrepareExample:

@@ -29,7 +29,6 @@ import io
 import os
 import re
 from collections.abc import Iterator
-from concurrent import futures
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -37,6 +36,7 @@ from etils import epath
 from PIL import Image
 
 from imagen_jax.data.shapes_render import render_scene
+from imagen_jax.data.worker_pool import ordered_map
 from imagen_jax.data.shapes_scene import COLOR_NAMES, POSITION_NAMES, SHAPES, SIZE_NAMES, SPLIT_IDS, sample_scene
 
 DATASET_NAME = "imagen_shapes"
@@ -201,12 +201,8 @@ class ImagenShapes(tfds.core.GeneratorBasedBuilder):
             (config.seed, split, config.resolution, start, min(start + chunk, num_examples))
             for start in range(0, num_examples, chunk)
         ]
-        if self._num_workers == 1:
-            chunks = map(_example_chunk, tasks)
+        with ordered_map(_example_chunk, tasks, num_workers=self._num_workers) as chunks:
             yield from _enumerate_chunks(chunks)
-            return
-        with futures.ProcessPoolExecutor(self._num_workers) as pool:
-            yield from _enumerate_chunks(pool.map(_example_chunk, tasks))
 
 
 def _enumerate_chunks(chunks) -> Iterator[tuple[int, dict]]:
