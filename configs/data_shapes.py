@@ -26,6 +26,7 @@ Use as a whole config (`--config=configs/data_shapes.py:sr256`) or from a model 
   num_workers        Grain worker processes (0 = in the main process)
   worker_buffer_size batches buffered per worker
   read_threads, read_buffer_size  threads (and their buffer) preparing batches in each process
+  prefetch           batches made ready (float32) ahead of the trainer, in a background thread
   keep_caption       also put the caption strings in the batch ("caption")
   shapes_labels      also put the shapes labels in the batch ("labels")
 """
@@ -69,7 +70,8 @@ def data_config(preset: str = "base64") -> ml_collections.ConfigDict:
     data.num_workers = 2
     data.worker_buffer_size = 2
     data.read_threads = 4
-    data.read_buffer_size = 8
+    data.read_buffer_size = 4
+    data.prefetch = 2
     data.keep_caption = False
     data.shapes_labels = False
     return data

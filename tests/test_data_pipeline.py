@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -102,10 +103,11 @@ def test_restored_iterator_yields_the_same_next_batches(shapes_source, num_worke
             np.testing.assert_array_equal(a[key], c[key])
 
 
-def test_batch_contract_with_cached_text_embeddings():
+@pytest.mark.parametrize("cache_dtype", [np.float16, ml_dtypes.bfloat16])
+def test_batch_contract_with_cached_text_embeddings(cache_dtype):
     dim, max_length = 6, 5
     rng = np.random.default_rng(1)
-    cache = [{"text_embedding": rng.normal(size=(1 + i % max_length, dim)).astype(np.float16)} for i in range(NUM_RECORDS)]
+    cache = [{"text_embedding": rng.normal(size=(1 + i % max_length, dim)).astype(cache_dtype)} for i in range(NUM_RECORDS)]
     prepare = PrepareExample(image_size=8, low_res_size=4, text="embedding", max_text_length=max_length, keep_caption=True)
     dataset = make_dataset(_records(), prepare, batch_size=4, text_embeddings=cache, process_index=0, process_count=1)
     for batch in _take(dataset, 2):
@@ -185,7 +187,7 @@ def test_random_crops_are_windows_of_the_resized_image():
     np.testing.assert_array_equal(center, full[:, 5:25])
 
 
-def test_dataset_from_config(shapes_source):
+def test_dataset_from_config(shapes_source, tmp_path):
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "configs"))
     try:
         import data_shapes
@@ -200,6 +202,15 @@ def test_dataset_from_config(shapes_source):
     with pytest.raises(ValueError, match="needs the embedding cache"):
         data.text = "embedding"
         dataset_from_config(data, records=shapes_source, process_index=0, process_count=1)
+
+    # By name: a missing shapes dataset is generated; host index and count come from JAX.
+    data = data_shapes.data_config("base32")
+    data.name, data.data_dir, data.text, data.num_workers = "imagen_shapes/16px_train8_test2", str(tmp_path), "none", 0
+    data.image_size = 16
+    assert next(iter(dataset_from_config(data, batch_size=4)))["image"].shape == (4, 16, 16, 3)
+    data.prepare_shapes, data.name = False, "imagen_shapes/16px_train9_test2"
+    with pytest.raises(FileNotFoundError, match="imagen-jax data shapes"):
+        dataset_from_config(data)
 
 
 def test_everything_runs_without_tensorflow(tmp_path):

@@ -124,6 +124,8 @@ def downsample(image: np.ndarray, size: int, *, method: str = "bicubic") -> np.n
 
 
 def to_signed_unit(image: np.ndarray) -> np.ndarray:
-    """uint8 [0, 255] -> float32 [-1, 1] (x / 127.5 - 1)."""
-    return image.astype(np.float32) * np.float32(1 / 127.5) - np.float32(1.0)
+    """uint8 [0, 255] -> float32 [-1, 1] (x / 127.5 - 1), in two passes without temporaries."""
+    out = np.empty(image.shape, np.float32)
+    np.multiply(image, np.float32(1 / 127.5), out=out, dtype=np.float32)
+    return np.subtract(out, np.float32(1.0), out=out)
 

@@ -4,8 +4,9 @@ Order of operations (a Grain MapDataset until the end, so every step is a pure
 function of the element index):
   source -> seed -> shuffle (a fresh permutation per epoch) -> repeat (num_epochs, 0:
   forever) -> take this host's elements [process_index::process_count] -> PrepareExample
-  (seeded per element) -> batch (per-host batch, remainder dropped) -> TokenizeCaptions
-  -> to_iter_dataset (read threads) -> mp_prefetch (worker processes).
+  (seeded per element) -> batch (per-host batch, remainder dropped; compact dtypes) ->
+  TokenizeCaptions -> to_iter_dataset (read threads) -> mp_prefetch (worker processes)
+  -> FinishBatch (float32 model inputs, in a prefetch thread of the consumer process).
 Because the global stream is shuffled before it is dealt to hosts, hosts see disjoint
 elements that together cover each epoch, and each epoch mixes across hosts. Workers
 take whole batches round-robin, so batches do not depend on the number of workers.
@@ -33,7 +34,7 @@ import jax
 import ml_collections
 
 from imagen_jax.data.sources import RandomAccessSource, RecordsWithTextEmbeddings, open_source
-from imagen_jax.data.transforms import PrepareExample, TokenizeCaptions, Tokenizer
+from imagen_jax.data.transforms import BatchExamples, FinishBatch, PrepareExample, TokenizeCaptions, Tokenizer
 
 
 def make_dataset(
@@ -51,14 +52,17 @@ def make_dataset(
     num_workers: int = 0,
     worker_buffer_size: int = 2,
     read_threads: int = 8,
-    read_buffer_size: int = 16,
+    read_buffer_size: int = 4,
+    finish_buffer_size: int = 2,
 ) -> grain.IterDataset:
     """Grain dataset of this host's batches (see the module docstring).
 
     records: random-access records (e.g. `open_source(...)`); prepare: the per-record
     transform; batch_size: per-host batch; text_embeddings: source of cached embeddings in
     record order (needed when prepare.text == 'embedding'); tokenize: needed when
-    prepare.text == 'tokens'; process_index / process_count: default to JAX's.
+    prepare.text == 'tokens'; process_index / process_count: default to JAX's;
+    num_workers: worker processes (0: read threads of this process only);
+    finish_buffer_size: finished batches kept ready by the background thread.
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -87,7 +91,7 @@ def make_dataset(
     dataset = dataset.repeat(num_epochs or None)
     dataset = dataset[process_index::process_count]
     dataset = dataset.random_map(prepare)
-    dataset = dataset.batch(batch_size, drop_remainder=True)
+    dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=BatchExamples())
     if prepare.text == "tokens":
         dataset = dataset.map(
             TokenizeCaptions(tokenize, max_text_length=prepare.max_text_length, keep_caption=prepare.keep_caption)
@@ -100,7 +104,9 @@ def make_dataset(
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=num_workers, per_worker_buffer_size=worker_buffer_size)
         )
-    return iter_dataset
+    iter_dataset = iter_dataset.map(FinishBatch(prepare.max_text_length))
+    # A background thread finishes the next batches while the consumer trains.
+    return grain.experimental.ThreadPrefetchIterDataset(iter_dataset, prefetch_buffer_size=finish_buffer_size)
 
 
 def _ensure_absl_flags_parsed() -> None:
@@ -184,5 +190,6 @@ def dataset_from_config(
         worker_buffer_size=data.worker_buffer_size,
         read_threads=data.read_threads,
         read_buffer_size=data.read_buffer_size,
+        finish_buffer_size=data.prefetch,
     )
 

@@ -27,6 +27,11 @@ class RandomAccessSource(Protocol):
     def __getitem__(self, index: int) -> Any: ...
 
 
+def default_data_dir() -> str:
+    """Where datasets live by default: $IMAGEN_JAX_DATA_DIR, else ~/imagen_jax_data."""
+    return resolve_data_dir(None)
+
+
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
     """`data_dir`, else $IMAGEN_JAX_DATA_DIR, else ~/imagen_jax_data (absolute, ~ expanded)."""
     chosen = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR

@@ -1,11 +1,22 @@
 """Per-record and per-batch transforms of the Grain pipeline.
 
+Batches stay compact while they travel between processes and become the model's
+float32 inputs only at the end, in the consumer process (`FinishBatch`): padded T5
+embeddings are ~2 MB per example in float32, and moving that through shared memory
+costs more than everything else in the pipeline.
+
 Per record (`PrepareExample`, a Grain RandomMap, so crops are seeded by record position):
   image bytes/array -> RGB -> resize shorter side to image_size -> center or random
-  crop_size square -> "image" float32 [C, C, 3] in [-1, 1]
-  (SR) that crop, antialiased down to low_res_size -> "low_res" float32 [c, c, 3] in [-1, 1]
-  (cache) "text_embedding" [n, D] -> float32 [L, D] zero-padded + "text_mask" bool [L]
-  (tokens) the caption string, tokenized per batch by `TokenizeCaptions`.
+  crop_size square -> "image" uint8 [C, C, 3]
+  (SR) that crop, antialiased down to low_res_size -> "low_res" uint8 [c, c, 3]
+  (cache) the cached "text_embedding" [n, D]
+  (tokens) the caption string.
+Per batch, in the workers (`BatchExamples`, then `TokenizeCaptions` for tokens):
+  stacked images; "text_embedding" concatenated [sum n_i, D] + "text_length" int32 [b];
+  or "text_tokens" int32 [b, L] + "text_mask" bool [b, L].
+Per batch, in the consumer (`FinishBatch`):
+  "image"/"low_res" float32 in [-1, 1]; "text_embedding" float32 [b, L, D] zero-padded
+  + "text_mask" bool [b, L].
 """
 
 from __future__ import annotations
@@ -25,21 +36,29 @@ TEXT_MODES = ("embedding", "tokens", "none")
 Tokenizer = Callable[[list[str]], tuple[np.ndarray, np.ndarray]]
 
 
-def pad_text_embedding(embedding: np.ndarray, max_length: int) -> tuple[np.ndarray, np.ndarray]:
-    """[n, D] embedding of the unmasked tokens -> (float32 [L, D] zero past n, bool [L] mask)."""
+def check_text_embedding(embedding: np.ndarray, max_length: int) -> np.ndarray:
+    """A cached [n, D] embedding of the unmasked tokens, checked to fit max_length."""
     embedding = np.asarray(embedding)
     if embedding.ndim != 2:
         raise ValueError(f"A cached text embedding must be [tokens, dim], got shape {embedding.shape}.")
-    length = embedding.shape[0]
-    if length > max_length:
+    if embedding.shape[0] > max_length:
         raise ValueError(
-            f"A cached text embedding has {length} tokens, more than data.max_text_length={max_length}; "
+            f"A cached text embedding has {embedding.shape[0]} tokens, more than data.max_text_length={max_length}; "
             "raise data.max_text_length or rebuild the cache with a shorter maximum length."
         )
-    padded = np.zeros((max_length, embedding.shape[1]), np.float32)
-    padded[:length] = embedding.astype(np.float32)
-    mask = np.zeros((max_length,), bool)
-    mask[:length] = True
+    return embedding
+
+
+def pad_text_embeddings(embeddings: Sequence[np.ndarray], max_length: int) -> tuple[np.ndarray, np.ndarray]:
+    """[n_i, D] embeddings -> (float32 [b, L, D], zero past n_i; bool [b, L] mask, True for
+    the first n_i). Padding a whole batch at once writes only the real tokens into a
+    zero-initialised array, several times faster than padding each example."""
+    dim = embeddings[0].shape[1]
+    padded = np.zeros((len(embeddings), max_length, dim), np.float32)
+    mask = np.zeros((len(embeddings), max_length), bool)
+    for row, embedding in enumerate(embeddings):
+        padded[row, : len(embedding)] = embedding
+        mask[row, : len(embedding)] = True
     return padded, mask
 
 
@@ -124,16 +143,13 @@ class PrepareExample(grain.transforms.RandomMap):
             rng=rng if self.random_crop else None,
             method=self.resize_method,
         )
-        example = {"image": image_ops.to_signed_unit(pixels)}
+        example = {"image": pixels}
         if self.low_res_size:
-            low_res = image_ops.downsample(pixels, self.low_res_size, method=self.low_res_method)
-            example["low_res"] = image_ops.to_signed_unit(low_res)
+            example["low_res"] = image_ops.downsample(pixels, self.low_res_size, method=self.low_res_method)
         if self.text == "embedding":
             if "text_embedding" not in record:
                 raise KeyError("Records carry no 'text_embedding'; pass the embedding cache as `text_embeddings`.")
-            example["text_embedding"], example["text_mask"] = pad_text_embedding(
-                record["text_embedding"], self.max_text_length
-            )
+            example["text_embedding"] = check_text_embedding(record["text_embedding"], self.max_text_length)
         if self.text == "tokens" or self.keep_caption:
             example["caption"] = np.str_(caption_text(get_path(record, self.text_key)))
         if self.with_shapes_labels:
@@ -169,15 +185,48 @@ class TokenizeCaptions(grain.transforms.Map):
         return batch
 
 
-def stack_examples(examples: Sequence[dict]) -> dict:
-    """Batch function: stacks every leaf along a new axis 0 (strings become a str array)."""
-    first = examples[0]
-    out = {}
-    for key, value in first.items():
-        if isinstance(value, dict):
-            out[key] = stack_examples([e[key] for e in examples])
-        elif isinstance(value, np.str_):
-            out[key] = np.asarray([e[key] for e in examples])
-        else:
-            out[key] = np.stack([e[key] for e in examples])
-    return out
+@dataclasses.dataclass(frozen=True)
+class BatchExamples:
+    """Grain batch function: stacks every leaf along a new axis 0 (strings become a str
+    array), except "text_embedding" [n_i, D], concatenated to [sum n_i, D] with the
+    lengths in "text_length" int32 [b] (bfloat16 travels as float32, exactly)."""
+
+    def __call__(self, examples: Sequence[dict]) -> dict:
+        batch = {}
+        for key, value in examples[0].items():
+            values = [example[key] for example in examples]
+            if key == "text_embedding":
+                packed = np.concatenate(values)
+                if packed.dtype not in (np.float16, np.float32):
+                    packed = packed.astype(np.float32)
+                batch["text_embedding"] = packed
+                batch["text_length"] = np.asarray([len(v) for v in values], np.int32)
+            elif isinstance(value, dict):
+                batch[key] = self(values)
+            elif isinstance(value, str):
+                batch[key] = np.asarray(values)
+            else:
+                batch[key] = np.stack(values)
+        return batch
+
+
+@dataclasses.dataclass(frozen=True)
+class FinishBatch(grain.transforms.Map):
+    """Compact batch -> the model's inputs (module docstring): images to float32 [-1, 1],
+    packed text embeddings to float32 [b, L, D] zero-padded + "text_mask" bool [b, L]."""
+
+    max_text_length: int = 128
+
+    def map(self, batch: dict) -> dict:
+        batch = dict(batch)
+        for key in ("image", "low_res"):
+            if key in batch:
+                batch[key] = image_ops.to_signed_unit(batch[key])
+        if "text_length" in batch:
+            lengths = batch.pop("text_length")
+            packed = batch["text_embedding"]
+            starts = np.concatenate([[0], np.cumsum(lengths)])
+            batch["text_embedding"], batch["text_mask"] = pad_text_embeddings(
+                [packed[start:stop] for start, stop in zip(starts[:-1], starts[1:])], self.max_text_length
+            )
+        return batch
