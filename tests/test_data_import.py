@@ -6,6 +6,7 @@ import logging
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 from PIL import Image
 
 from imagen_jax import cli
@@ -114,3 +115,37 @@ def test_import_tables_and_cli(tmp_path, capsys):
     assert "Nothing to import" in capsys.readouterr().err
     assert cli.main(["data", "import", str(tmp_path / "table.csv"), "--name", "Bad-Name"]) == 2
     assert "Bad dataset name" in capsys.readouterr().err
+
+
+class _CatalogLike(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Stands in for a prepared TFDS catalog dataset (e.g. coco_captions): other image key,
+    several captions per image under a nested key."""
+
+    name = "catalog_like"
+    VERSION = tfds.core.Version("1.0.0")
+
+    def _info(self):
+        features = {"picture": tfds.features.Image(shape=(None, None, 3)), "captions": tfds.features.Sequence({"text": tfds.features.Text()})}  # fmt: skip
+        return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
+
+    def _split_generators(self, dl_manager):
+        return {"validation": self._generate_examples()}
+
+    def _generate_examples(self):
+        for i in range(4):
+            picture = Image.fromarray(np.full((10, 14, 3), 60 * i, np.uint8))
+            yield i, {"picture": picture, "captions": {"text": [f"first {i}", f"second {i}"]}}
+
+
+def test_prepared_tfds_dataset_by_name_with_configured_keys(tmp_path):
+    _CatalogLike(data_dir=tmp_path, file_format="array_record").download_and_prepare()
+    with pytest.raises(KeyError, match="data.image_key"):
+        open_source("catalog_like", split="validation", data_dir=tmp_path)
+    with pytest.raises(KeyError, match="data.split"):
+        open_source("catalog_like", split="train", data_dir=tmp_path, image_key="picture")
+    records = open_source("catalog_like", split="validation", data_dir=tmp_path, image_key="picture")
+    prepare = PrepareExample(image_size=8, image_key="picture", text_key="captions/text", text="none", keep_caption=True)
+    batch = next(iter(make_dataset(records, prepare, batch_size=4, shuffle=False, process_index=0, process_count=1)))
+    indices = [int(c.removeprefix("first ")) for c in batch["caption"]]  # the first of several captions
+    assert sorted(indices) == [0, 1, 2, 3]  # (TFDS shuffled the records when writing them)
+    np.testing.assert_allclose(batch["image"][:, 0, 0, 0], [60 * i / 127.5 - 1 for i in indices], atol=1e-6)

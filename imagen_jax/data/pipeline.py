@@ -51,7 +51,7 @@ def make_dataset(
     process_count: int | None = None,
     num_workers: int = 0,
     worker_buffer_size: int = 2,
-    read_threads: int = 8,
+    read_threads: int = 4,
     read_buffer_size: int = 4,
     finish_buffer_size: int = 2,
 ) -> grain.IterDataset:
@@ -97,7 +97,7 @@ def make_dataset(
             TokenizeCaptions(tokenize, max_text_length=prepare.max_text_length, keep_caption=prepare.keep_caption)
         )
     iter_dataset = dataset.to_iter_dataset(
-        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=read_buffer_size)
+        grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(read_buffer_size, read_threads))
     )
     if num_workers > 0:
         _ensure_absl_flags_parsed()
