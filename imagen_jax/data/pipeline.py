@@ -1,15 +1,18 @@
 """The Grain input pipeline: records -> per-host batches, deterministic and resumable.
 
-Order of operations (a Grain MapDataset until the end, so every step is a pure
-function of the element index):
+Order of operations (a Grain MapDataset up to to_iter_dataset, so every step before
+it is a pure function of the element index):
   source -> seed -> shuffle (a fresh permutation per epoch) -> repeat (num_epochs, 0:
   forever) -> take this host's elements [process_index::process_count] -> PrepareExample
   (seeded per element) -> batch (per-host batch, remainder dropped; compact dtypes) ->
   TokenizeCaptions -> to_iter_dataset (read threads) -> mp_prefetch (worker processes)
   -> FinishBatch (float32 model inputs, in a prefetch thread of the consumer process).
 Because the global stream is shuffled before it is dealt to hosts, hosts see disjoint
-elements that together cover each epoch, and each epoch mixes across hosts. Workers
-take whole batches round-robin, so batches do not depend on the number of workers.
+elements that together cover each epoch, and each epoch mixes across hosts (with a
+finite num_epochs, host batch counts can differ by one when the total does not divide).
+Workers take whole batches round-robin, so batches do not depend on the number of
+workers. A tokenizer runs in the workers, so it must be picklable. Close an iterator
+that has workers (`it.close()`) when done with it.
 
 The iterator's state (`it.get_state()`, a small dict; `it.set_state(state)`) is all
 a restart needs: restoring it yields exactly the batches that would have come next.
