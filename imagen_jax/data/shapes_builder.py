@@ -36,8 +36,9 @@ from etils import epath
 from PIL import Image
 
 from imagen_jax.data.shapes_render import render_scene
-from imagen_jax.data.worker_pool import ordered_map
 from imagen_jax.data.shapes_scene import COLOR_NAMES, POSITION_NAMES, SHAPES, SIZE_NAMES, SPLIT_IDS, sample_scene
+from imagen_jax.data.sources import resolve_data_dir
+from imagen_jax.data.worker_pool import ordered_map
 
 DATASET_NAME = "imagen_shapes"
 DEFAULT_NUM_TRAIN = 50_000
@@ -227,8 +228,6 @@ def prepare_shapes(
     Output: data_dir/imagen_shapes/<config name>/1.0.0/*.array_record. `num_workers`
     defaults to the number of CPUs.
     """
-    from imagen_jax.data.sources import resolve_data_dir
-
     builder = ImagenShapes(
         config=shapes_config(resolution, seed=seed, num_train=num_train, num_test=num_test),
         data_dir=resolve_data_dir(data_dir),
