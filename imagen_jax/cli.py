@@ -11,6 +11,7 @@ from imagen_jax import __version__
 # (module path, subcommand) pairs; each module defines add_parser(subparsers) and run(args).
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.text.embed_cli", "embed"),
+    ("imagen_jax.data.cli", "data"),
 ]
 
 
