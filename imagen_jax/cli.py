@@ -12,6 +12,7 @@ from imagen_jax import __version__
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.text.embed_cli", "embed"),
     ("imagen_jax.data.cli", "data"),
+    ("imagen_jax.train.cli", "train"),
 ]
 
 
@@ -28,7 +29,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # --config.a.b=VALUE overrides (and "--config.a.b VALUE") are collected apart from argparse.
+    overrides, rest, i = [], [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--config."):
+            if "=" not in arg and i + 1 < len(argv):
+                arg, i = f"{arg}={argv[i + 1]}", i + 1
+            overrides.append(arg[len("--config."):])
+        else:
+            rest.append(arg)
+        i += 1
+    args = parser.parse_args(rest)
+    if overrides and not getattr(args, "accepts_config_overrides", False):
+        parser.error(f"{args.command or 'this command'} takes no --config.* overrides")
+    args.config_overrides = overrides
     if args.command is None:
         parser.print_help()
         return 0

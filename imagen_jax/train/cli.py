@@ -1,0 +1,36 @@
+"""`imagen-jax train --config configs/X.py --workdir DIR [--config.key=value ...] [--override]`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train one cascade stage (resumes from the workdir's latest checkpoint)",
+        description=__doc__ + "\nAny --config.a.b=VALUE overrides that config field (typed like the field).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="config file, optionally path.py:ARG")
+    parser.add_argument("--workdir", required=True, help="run directory (a local or mounted path): config.json, checkpoints/, samples/, tensorboard/, metrics.jsonl")
+    parser.add_argument("--override", action="store_true",
+                        help="continue a workdir whose saved config differs from this one")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.set_defaults(run=run, accepts_config_overrides=True)
+
+
+def run(args) -> int:
+    from imagen_jax.config import apply_overrides, load_config
+    from imagen_jax.train.loop import ConfigMismatchError, TrainingDivergedError, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    try:
+        config = apply_overrides(load_config(args.config), args.config_overrides)
+        metrics = train(config, args.workdir, override=args.override, progress=not args.no_progress)
+    except (ConfigMismatchError, TrainingDivergedError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"imagen-jax train: {error}") from None
+    if metrics:
+        print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
+    return 0
