@@ -24,11 +24,12 @@ warn() {
   printf '%s: warning: %s\n' "$SCRIPT_NAME" "$*" >&2
 }
 
-# shell_quote WORD... -> one line that a POSIX shell splits back into the same words.
+# shell_quote WORD... -> a line that a POSIX shell splits back into the same words.
 # Same rule as Python's shlex.quote: a word made only of [A-Za-z0-9@%+=:,./_-] stays bare,
 # anything else is single-quoted with each ' written as '"'"'.
 shell_quote() {
   local words=() word escaped q="'\"'\"'"
+  local LC_ALL=C  # ASCII letters only, whatever the locale's collation
   for word in "$@"; do
     if [[ $word =~ ^[A-Za-z0-9@%+=:,./_-]+$ ]]; then
       words+=("$word")
