@@ -12,7 +12,8 @@ outlives the ssh connection; it appends its output to ~/imagen_jax_logs/RUN.log 
 process id to ~/imagen_jax_logs/RUN.pid on each worker. Refuses to start while any
 run started by this script is still alive on a worker (the TPU serves one process).
 
-  --config CONFIG.py   experiment config; every .py file of its directory is copied to
+  --config CONFIG.py   experiment config (or CONFIG.py:PARAMETER, passed to get_config);
+                       every .py file of its directory is copied to
                        ~/imagen_jax_runs/RUN/configs/ on each worker (so imports between
                        config files keep working), and the copy is what trains
   --no-copy-config     CONFIG.py is a path on the workers already: use it as it is
@@ -23,7 +24,9 @@ run started by this script is still alive on a worker (the TPU serves one proces
   --python PYTHON      interpreter on the workers (default: python3); the job runs
                        PYTHON -m imagen_jax.cli train, the same as the imagen-jax command
                        (which non-interactive ssh may not find on PATH)
-  --config.KEY=VALUE, --override, and every word after --: passed on to imagen-jax train
+  --config.KEY=VALUE (or --config.KEY VALUE), --override, and every word after --:
+                       passed on to imagen-jax train, after --no-progress (the log gets
+                       the logged metrics, not a progress bar)
   --name, --project, --zone, --dry-run   as in tpu_create.sh"
 
 # shellcheck source-path=SCRIPTDIR
@@ -49,7 +52,8 @@ while (($#)); do
       fi
       ENV_VARS+=("$VALUE") ;;
     --no-copy-config) COPY_CONFIG=0; TAKEN=1 ;;
-    --config.* | --override) TRAIN_ARGS+=("$1"); TAKEN=1 ;;
+    --config.*=* | --override) TRAIN_ARGS+=("$1"); TAKEN=1 ;;
+    --config.*) take_value "$@"; TRAIN_ARGS+=("$1" "$VALUE") ;;
     --) shift; TRAIN_ARGS+=("$@"); break ;;
     *) common_option "$@" ;;
   esac
@@ -69,22 +73,29 @@ if [[ $WORKDIR != gs://* ]]; then
 fi
 
 if ((COPY_CONFIG)); then
-  if [[ ! -f $CONFIG ]]; then
-    die "--config '$CONFIG' is not a file here: give a local config file, or --no-copy-config for a path on the workers"
+  # CONFIG.py or CONFIG.py:PARAMETER (the ml_collections form that passes a string to get_config).
+  config_file=$CONFIG
+  config_parameter=
+  if [[ $CONFIG == *.py:* ]]; then
+    config_file=${CONFIG%%.py:*}.py
+    config_parameter=:${CONFIG#*.py:}
   fi
-  config_dir=$(dirname -- "$CONFIG")
+  if [[ $config_file != *.py || ! -f $config_file ]]; then
+    die "--config '$CONFIG' is not a .py file here: give a local config file, or --no-copy-config for a path on the workers"
+  fi
+  config_dir=$(dirname -- "$config_file")
   config_files=("$config_dir"/*.py)
   remote_config_dir=$RUNS_DIR/$RUN/configs
   tpu_ssh all "$(shell_quote mkdir -p "$remote_config_dir")"
   run gcloud compute tpus tpu-vm scp "${config_files[@]}" "$NAME:$remote_config_dir/" --worker=all "${GCLOUD_SCOPE[@]}"
-  CONFIG=$remote_config_dir/$(basename -- "$CONFIG")
+  CONFIG=$remote_config_dir/$(basename -- "$config_file")$config_parameter
 fi
 
 train=()
 if ((${#ENV_VARS[@]})); then
   train=(env "${ENV_VARS[@]}")
 fi
-train+=("$PYTHON" -m imagen_jax.cli train --config "$CONFIG" --workdir "$WORKDIR" "${TRAIN_ARGS[@]}")
+train+=("$PYTHON" -m imagen_jax.cli train --config "$CONFIG" --workdir "$WORKDIR" --no-progress "${TRAIN_ARGS[@]}")
 
 # The remote script (run by each worker's login shell, in the home directory):
 # refuse while a run is alive, then start one detached (setsid: its own process group,

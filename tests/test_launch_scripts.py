@@ -211,7 +211,7 @@ def test_train_copies_configs_and_starts_on_all_workers(config_dir):
     config = config_dir / "base64_2b.py"
     commands = dry_run("tpu_train.sh", *TARGET, "--config", str(config), "--workdir", "gs://bucket/runs/base64/",
                        "--env", "LIBTPU_INIT_ARGS=--xla_a=true --xla_b=1", "--config.text.prompt=a cat's hat",
-                       "--override", "--", "--config.seed=3")
+                       "--config.train.steps", "10", "--override", "--", "--config.seed=3")
     remote_dir = "imagen_jax_runs/base64/configs"
     assert commands == [
         ssh("all", f"mkdir -p {remote_dir}"),
@@ -219,24 +219,34 @@ def test_train_copies_configs_and_starts_on_all_workers(config_dir):
          f"pod:{remote_dir}/", "--worker=all", *GCLOUD_SCOPE],
         ssh("all", start_command("base64", [
             "env", "LIBTPU_INIT_ARGS=--xla_a=true --xla_b=1", "python3", "-m", "imagen_jax.cli", "train",
-            "--config", f"{remote_dir}/base64_2b.py", "--workdir", "gs://bucket/runs/base64/",
-            "--config.text.prompt=a cat's hat", "--override", "--config.seed=3"])),
+            "--config", f"{remote_dir}/base64_2b.py", "--workdir", "gs://bucket/runs/base64/", "--no-progress",
+            "--config.text.prompt=a cat's hat", "--config.train.steps", "10", "--override", "--config.seed=3"])),
     ]
+
+
+def test_train_config_parameter_is_kept(config_dir):
+    commands = dry_run("tpu_train.sh", *TARGET, "--config", f"{config_dir}/base64_2b.py:small", "--workdir", "gs://b/s")
+    assert commands[1][5:7] == [str(config_dir / "base64_2b.py"), str(config_dir / "common.py")]
+    assert "--config imagen_jax_runs/s/configs/base64_2b.py:small --workdir gs://b/s --no-progress " in _remote(
+        commands[2])
 
 
 def test_train_config_already_on_workers():
     assert dry_run("tpu_train.sh", *TARGET, "--config", "imagen_jax/configs/sr256.py", "--workdir", "gs://b/sr",
                    "--run", "sr256-try2", "--no-copy-config") == [ssh("all", start_command("sr256-try2", [
                        "python3", "-m", "imagen_jax.cli", "train", "--config", "imagen_jax/configs/sr256.py",
-                       "--workdir", "gs://b/sr"]))]
+                       "--workdir", "gs://b/sr", "--no-progress"]))]
 
 
 def test_train_errors_and_warning(config_dir):
     config = str(config_dir / "base64_2b.py")
     assert fails("tpu_train.sh", *TARGET, "--workdir", "gs://b/x").endswith("error: --config is required")
     assert fails("tpu_train.sh", *TARGET, "--config", config).endswith("error: --workdir is required")
-    assert "give a local config file, or --no-copy-config" in fails("tpu_train.sh", *TARGET, "--config", "nope.py",
-                                                                    "--workdir", "gs://b/x")
+    assert "is not a .py file here: give a local config file, or --no-copy-config" in fails(
+        "tpu_train.sh", *TARGET, "--config", "nope.py", "--workdir", "gs://b/x")
+    (config_dir / "notes.txt").write_text("")
+    assert "is not a .py file here" in fails("tpu_train.sh", *TARGET, "--config", str(config_dir / "notes.txt"),
+                                             "--workdir", "gs://b/x")
     assert "give --run NAME" in fails("tpu_train.sh", *TARGET, "--config", config, "--workdir", "gs://b/x",
                                       "--run", "a b")
     assert "give --run NAME" in fails("tpu_train.sh", *TARGET, "--config", config, "--workdir", "gs://")
@@ -372,7 +382,7 @@ def test_remote_fragments_start_report_refuse_and_stop_a_run(tmp_path, reaper):
         assert _wait(lambda: (home / "argv.txt").exists() and "step 1" in (home / "imagen_jax_logs/r1.log").read_text())
         assert (home / "argv.txt").read_text().splitlines() == [
             "-m", "imagen_jax.cli", "train", "--config", "configs/x.py", "--workdir", "gs://b/run one",
-            "--config.prompt=it's a \"cat\""]
+            "--no-progress", "--config.prompt=it's a \"cat\""]
         assert os.getpgid(pid) == pid  # its own process group, so stop reaches its children
 
         again = _run_remote(dry_run("tpu_train.sh", *TARGET, "--config", "c.py", "--workdir", "gs://b/r2",
@@ -419,7 +429,7 @@ def test_slurm_dry_run(slurm_bin):
                    "--config.seed=1", env=SLURM_ENV, path_prefix=slurm_bin) == [[
         "srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "env", "IMAGEN_JAX_COORDINATOR=gpu-node-001:24242",
         "IMAGEN_JAX_NUM_PROCESSES=2", *TASK_SHELL, "python3", "-m", "imagen_jax.cli", "train",
-        "--config", "configs/base64_2b.py", "--workdir", "/shared/my runs/b64", "--config.seed=1"]]
+        "--config", "configs/base64_2b.py", "--workdir", "/shared/my runs/b64", "--no-progress", "--config.seed=1"]]
     port = dry_run("slurm_gpu.sbatch", "--config", "c.py", "--workdir", "w", "--port", "6000", env=SLURM_ENV,
                    path_prefix=slurm_bin)[0][4]
     assert port == "IMAGEN_JAX_COORDINATOR=gpu-node-001:6000"
@@ -451,7 +461,7 @@ def test_slurm_job_from_spool_copy_gives_each_task_its_process_id(slurm_bin, tmp
                              "--python", str(fake_python)], capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"gpu-node-001:24242 2 {i} -m imagen_jax.cli train --config c.py --workdir w x" for i in (0, 1)]
+        f"gpu-node-001:24242 2 {i} -m imagen_jax.cli train --config c.py --workdir w x --no-progress" for i in (0, 1)]
 
 
 # ---------------------------------------------------------------- shellcheck
