@@ -8,7 +8,7 @@ usage="Usage: $(basename -- "$0") --name NAME --project PROJECT --zone ZONE [--r
 Tail ~/imagen_jax_logs/RUN.log on the workers.
 
   --run RUN        run name (default: the run whose log changed last, on each worker)
-  --worker N|all   which worker (default: 0, the one that writes checkpoints and metrics)
+  --worker N|all   which worker (default: 0)
   --lines N        how many lines (default: 100)
   --follow         keep printing new lines until interrupted (tail -F)
   --name, --project, --zone, --dry-run   as in tpu_create.sh"

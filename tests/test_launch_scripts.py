@@ -115,6 +115,7 @@ def test_missing_target_is_named(script, missing):
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_help_and_unknown_option(script):
+    assert os.access(LAUNCH / script, os.X_OK)
     result = launch(script, "--help")
     assert result.returncode == 0 and result.stdout.startswith("Usage:") and "--dry-run" in result.stdout
     assert fails(script, "--bogus").endswith("error: unknown option '--bogus' (see --help)")
