@@ -22,28 +22,26 @@ LAUNCH = Path(__file__).resolve().parents[1] / "launch"
 SCRIPTS = sorted(p.name for p in LAUNCH.iterdir() if p.suffix in (".sh", ".sbatch") and p.name != "common.sh")
 SCOPE = ["--project", "my-project", "--zone", "us-central2-b"]
 TARGET = ["--name", "pod", *SCOPE]
-GCLOUD_SCOPE = ["--project", "my-project", "--zone", "us-central2-b"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def no_real_cloud(tmp_path_factory):
-    """gcloud, srun and scontrol that refuse to run, first on every script's PATH: no test
-    reaches a real cloud or cluster, even where those tools are installed."""
-    global _GUARD_BIN
-    _GUARD_BIN = tmp_path_factory.mktemp("guard_bin")
+@pytest.fixture(autouse=True)
+def no_real_cloud(tmp_path, monkeypatch):
+    """gcloud, srun, scontrol and sbatch that refuse to run, first on PATH: no test reaches a
+    real cloud or cluster, even where those tools are installed (fakes go before them)."""
+    guard = tmp_path / "guard_bin"
+    guard.mkdir()
     for tool in ("gcloud", "srun", "scontrol", "sbatch"):
-        executable(_GUARD_BIN / tool, f"#!/bin/sh\necho 'test tried to run the real {tool}' >&2\nexit 99\n")
-
-
-_GUARD_BIN: Path | None = None
+        executable(guard / tool, f"#!/bin/sh\necho 'test tried to run the real {tool}' >&2\nexit 99\n")
+    monkeypatch.setenv("PATH", f"{guard}{os.pathsep}{os.environ['PATH']}")
 
 
 def launch(script: str, *args: str, env: dict | None = None, cwd: Path | None = None,
            path_prefix: Path | None = None) -> subprocess.CompletedProcess:
     """Run a launch script with bash, with no IMAGEN_JAX_* / SLURM_* variables inherited,
-    and path_prefix (fakes) then the guard tools first on PATH."""
+    and the fake tools in path_prefix first on PATH."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEN_JAX_", "SLURM_"))}
-    clean["PATH"] = os.pathsep.join(str(p) for p in (path_prefix, _GUARD_BIN, clean["PATH"]) if p is not None)
+    if path_prefix is not None:
+        clean["PATH"] = f"{path_prefix}{os.pathsep}{clean['PATH']}"
     clean.update(env or {})
     return subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True,
                           env=clean, cwd=cwd, timeout=30)
@@ -75,7 +73,7 @@ def fails(script: str, *args: str, **kwargs) -> str:
 
 
 def ssh(worker: str, command: str) -> list[str]:
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", f"--worker={worker}", *GCLOUD_SCOPE,
+    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", f"--worker={worker}", *SCOPE,
             "--command", command]
 
 
@@ -92,7 +90,7 @@ def test_quoting_is_shlex_quote():
     words = ["", "a b", "it's", "$HOME", "`id`", "x;y", "é", "*", "--labels=a=b,c=d", "~/x", "a\nb"]
     out = dry_run_text("tpu_create.sh", *TARGET, "--accelerator", "v4-8", "--", *words)
     expected = ["gcloud", "compute", "tpus", "queued-resources", "create", "pod", "--node-id", "pod",
-                *GCLOUD_SCOPE, "--accelerator-type", "v4-8", "--runtime-version", "tpu-ubuntu2204-base", *words]
+                *SCOPE, "--accelerator-type", "v4-8", "--runtime-version", "tpu-ubuntu2204-base", *words]
     assert out == shlex.join(expected) + "\n"
 
 
@@ -143,7 +141,7 @@ def test_create_default_runtime_per_generation(accelerator, accelerator_type, ru
 def test_create_spot_runtime_and_gcloud_flags():
     assert dry_run("tpu_create.sh", *TARGET, "--accelerator=v6e-64", "--runtime", "v2-alpha-tpuv6e-custom", "--spot",
                    "--", "--valid-until-duration=6h", "--network=my net") == [[
-        "gcloud", "compute", "tpus", "queued-resources", "create", "pod", "--node-id", "pod", *GCLOUD_SCOPE,
+        "gcloud", "compute", "tpus", "queued-resources", "create", "pod", "--node-id", "pod", *SCOPE,
         "--accelerator-type", "v6e-64", "--runtime-version", "v2-alpha-tpuv6e-custom", "--spot",
         "--valid-until-duration=6h", "--network=my net"]]
     assert dry_run("tpu_create.sh", *TARGET, "--accelerator", "v4-8", "--reserved")[0][-1] == "--reserved"
@@ -170,7 +168,7 @@ def test_setup_from_wheel_with_spaces_and_pinned_jax(tmp_path):
     wheel.write_bytes(b"")
     commands = dry_run("tpu_setup.sh", *TARGET, "--wheel", str(wheel), "--jax", "0.10.2", "--python", "venv/bin/python")
     assert commands == [
-        ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(wheel), "pod:", "--worker=all", *GCLOUD_SCOPE],
+        ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(wheel), "pod:", "--worker=all", *SCOPE],
         ssh("all", "venv/bin/python -m pip install --upgrade ./imagen_jax-0.1.0-py3-none-any.whl 'jax[tpu]==0.10.2' "
                    "&& venv/bin/python -m imagen_jax.cli --version")]
 
@@ -217,7 +215,7 @@ def test_train_copies_configs_and_starts_on_all_workers(config_dir):
     assert commands == [
         ssh("all", f"mkdir -p {remote_dir}"),
         ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(config), str(config_dir / "common.py"),
-         f"pod:{remote_dir}/", "--worker=all", *GCLOUD_SCOPE],
+         f"pod:{remote_dir}/", "--worker=all", *SCOPE],
         ssh("all", start_command("base64", [
             "env", "LIBTPU_INIT_ARGS=--xla_a=true --xla_b=1", "python3", "-m", "imagen_jax.cli", "train",
             "--config", f"{remote_dir}/base64_2b.py", "--workdir", "gs://bucket/runs/base64/", "--no-progress",
@@ -264,7 +262,7 @@ STATUS_REMOTE = ("for f in {pids}; do [ -e \"$f\" ] || continue; run=$(basename 
 STOP_REMOTE = ("for f in {pids}; do [ -e \"$f\" ] || continue; pid=$(cat \"$f\"); if kill -0 \"$pid\" 2>/dev/null; "
                "then kill -{sig} -- \"-$pid\" && echo \"$(hostname): sent {sig} to run $(basename \"$f\" .pid) "
                "(process group $pid)\"; fi; done")
-DESCRIBE = ["gcloud", "compute", "tpus", "queued-resources", "describe", "pod", *GCLOUD_SCOPE]
+DESCRIBE = ["gcloud", "compute", "tpus", "queued-resources", "describe", "pod", *SCOPE]
 
 
 def test_status():
@@ -291,7 +289,7 @@ def test_stop():
 
 
 def test_delete():
-    delete = ["gcloud", "compute", "tpus", "queued-resources", "delete", "pod", *GCLOUD_SCOPE, "--force"]
+    delete = ["gcloud", "compute", "tpus", "queued-resources", "delete", "pod", *SCOPE, "--force"]
     assert dry_run("tpu_delete.sh", *TARGET) == [delete]
     assert dry_run("tpu_delete.sh", *TARGET, "--yes", "--async") == [delete + ["--async", "--quiet"]]
 
@@ -320,6 +318,12 @@ def test_without_dry_run_the_printed_command_runs(fake_gcloud, tmp_path):
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert [["gcloud", *call] for call in calls] == printed
     assert result.stderr.splitlines() == ["+ " + shlex.join(command) for command in printed]
+
+
+def test_a_failing_command_fails_the_script():
+    """Without --dry-run the guard gcloud runs (not the real one) and its status comes back."""
+    result = launch("tpu_delete.sh", *TARGET)
+    assert result.returncode == 99 and "test tried to run the real gcloud" in result.stderr
 
 
 def _remote(command: list[str]) -> str:
@@ -457,7 +461,7 @@ def test_slurm_job_from_spool_copy_gives_each_task_its_process_id(slurm_bin, tmp
     fake_python = executable(tmp_path / "python", "#!/bin/sh\necho \"$IMAGEN_JAX_COORDINATOR $IMAGEN_JAX_NUM_PROCESSES "
                                                   "$IMAGEN_JAX_PROCESS_ID $*\"\n")
     env = {**os.environ, **SLURM_ENV, "SLURM_SUBMIT_DIR": str(LAUNCH.parent),
-           "PATH": os.pathsep.join([str(slurm_bin), str(_GUARD_BIN), os.environ["PATH"]])}
+           "PATH": f"{slurm_bin}{os.pathsep}{os.environ['PATH']}"}
     result = subprocess.run(["bash", str(spool / "slurm_script"), "--config", "c.py", "--workdir", "w x",
                              "--python", str(fake_python)], capture_output=True, text=True, env=env, timeout=30)
     assert result.returncode == 0, result.stderr
