@@ -24,6 +24,11 @@ warn() {
   printf '%s: warning: %s\n' "$SCRIPT_NAME" "$*" >&2
 }
 
+# Empty arrays under `set -u` need bash 4.4 (macOS ships 3.2).
+if ((BASH_VERSINFO[0] < 4 || (BASH_VERSINFO[0] == 4 && BASH_VERSINFO[1] < 4))); then
+  die "needs bash >= 4.4, this is $BASH_VERSION (macOS: brew install bash)"
+fi
+
 # shell_quote WORD... -> a line that a POSIX shell splits back into the same words.
 # Same rule as Python's shlex.quote: a word made only of [A-Za-z0-9@%+=:,./_-] stays bare,
 # anything else is single-quoted with each ' written as '"'"'.
