@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# Install imagen-jax and JAX for TPU on every worker of a TPU VM slice.
+set -euo pipefail
+
+usage="Usage: $(basename -- "$0") --name NAME --project PROJECT --zone ZONE
+       (--source PIP_SPEC | --wheel FILE) [--jax VERSION] [--python PYTHON] [--dry-run]
+
+Install the package on every worker (--worker=all), in one pip resolve with \"jax[tpu]\",
+then check the install by printing the version on each worker.
+
+  --source PIP_SPEC  what pip installs, e.g. 'git+https://github.com/ORG/imagen_jax@v0.1.0'
+  --wheel FILE       a local wheel or sdist (python -m build): copied to each worker's home
+                     directory with gcloud compute tpus tpu-vm scp, then installed from there
+  --jax VERSION      pin JAX: installs \"jax[tpu]==VERSION\" (default: newest \"jax[tpu]\")
+  --python PYTHON    interpreter on the workers (default: python3); give a virtualenv's
+                     python (a path relative to the home directory, or absolute) to install there
+  --name, --project, --zone, --dry-run   as in tpu_create.sh"
+
+# shellcheck source-path=SCRIPTDIR
+source "$(dirname -- "${BASH_SOURCE[0]}")/common.sh"
+
+SOURCE=
+WHEEL=
+JAX_VERSION=
+PYTHON=python3
+while (($#)); do
+  case $1 in
+    --source | --source=*) take_value "$@"; SOURCE=$VALUE ;;
+    --wheel | --wheel=*) take_value "$@"; WHEEL=$VALUE ;;
+    --jax | --jax=*) take_value "$@"; JAX_VERSION=$VALUE ;;
+    --python | --python=*) take_value "$@"; PYTHON=$VALUE ;;
+    *) common_option "$@" ;;
+  esac
+  shift "$TAKEN"
+done
+
+require_tpu_target
+if [[ -n $SOURCE && -n $WHEEL ]] || [[ -z $SOURCE && -z $WHEEL ]]; then
+  die "give exactly one of --source PIP_SPEC and --wheel FILE"
+fi
+JAX_SPEC="jax[tpu]"
+if [[ -n $JAX_VERSION ]]; then
+  JAX_SPEC="jax[tpu]==$JAX_VERSION"
+fi
+
+if [[ -n $WHEEL ]]; then
+  if [[ ! -f $WHEEL ]]; then
+    die "--wheel '$WHEEL' is not a file: build one with 'python -m build' and give its path"
+  fi
+  if [[ $WHEEL != *.whl && $WHEEL != *.tar.gz ]]; then
+    die "--wheel '$WHEEL' is neither a .whl nor a .tar.gz: build one with 'python -m build'"
+  fi
+  run gcloud compute tpus tpu-vm scp "$WHEEL" "$NAME:" --worker=all "${GCLOUD_SCOPE[@]}"
+  SOURCE=./$(basename -- "$WHEEL")
+fi
+
+install=$(shell_quote "$PYTHON" -m pip install --upgrade "$SOURCE" "$JAX_SPEC")
+check=$(shell_quote "$PYTHON" -m imagen_jax.cli --version)
+tpu_ssh all "$install && $check"
