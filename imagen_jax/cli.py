@@ -9,7 +9,9 @@ import sys
 from imagen_jax import __version__
 
 # (module path, subcommand) pairs; each module defines add_parser(subparsers) and run(args).
-SUBCOMMANDS: list[tuple[str, str]] = []
+SUBCOMMANDS: list[tuple[str, str]] = [
+    ("imagen_jax.models.param_count", "params"),
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

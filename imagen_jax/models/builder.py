@@ -65,7 +65,7 @@ def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1, text_length:
 
 def init_params(model: nn.Module, config: ml_collections.ConfigDict, rng) -> Any:
     """Initial parameters as plain arrays (the logical axis boxes removed)."""
-    variables = model.init(rng, **dummy_inputs(config))
+    variables = jax.jit(model.init)(rng, **dummy_inputs(config))
     return nn.meta.unbox(variables["params"])
 
 
