@@ -1,5 +1,6 @@
 """Small base stage for the built-in shapes dataset: text -> 32x32, ~2M parameters, sized
-to train on 2 CPU cores (ADM-style UNet, same code path as base64_2b)."""
+to train on 2 CPU cores (ADM-style UNet, same code path as base64_2b): about
+48 GFLOP per forward+backward at batch 32 (benchmarks/unet_step.py)."""
 
 import ml_collections
 
@@ -11,11 +12,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model = ml_collections.ConfigDict(
         dict(
             family="unet",
-            channels=32,
+            channels=24,
             channel_mult=(1, 2, 4),
             num_res_blocks=1,
-            attention_resolutions=(16, 8),
-            head_dim=32,
+            attention_resolutions=(8,),
+            head_dim=24,
             num_heads=None,
             resblock_updown=True,
             embed_dim=128,

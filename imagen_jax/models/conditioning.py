@@ -107,11 +107,11 @@ class UNetCommon(nn.Module):
     def _resnet(self, out_channels, train, resample=None, name=None):
         return self._block(ResNetBlock)(
             out_channels,
-            resample,
-            self.norm_groups,
-            self.dropout,
-            not train,
-            self.dtype,
-            self.param_dtype,
+            resample=resample,
+            norm_groups=self.norm_groups,
+            dropout=self.dropout,
+            deterministic=not train,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name=name,
         )
