@@ -197,7 +197,7 @@ def test_every_parameter_has_logical_axes():
     assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
     assert all(len(x.names) == x.value.ndim for x in leaves)
     specs = nn.get_partition_spec(boxed)
-    assert specs["conv_in"]["kernel"] == jax.sharding.PartitionSpec(None, None, "conv_in", "conv_out")
+    assert specs["down_1_block_0"]["conv_in"]["kernel"] == jax.sharding.PartitionSpec(None, None, "conv_in", "conv_out")
 
 
 def test_config_errors_name_the_fix():
@@ -224,3 +224,23 @@ def test_paper_preset_parameter_count_within_10_percent(preset):
 def test_small_presets_build(preset):
     config = load_config(CONFIG_DIR / f"{preset}.py")
     assert 1e6 < count_params(config) < 4e6
+
+
+def test_sharded_apply_matches_single_device():
+    """Under a (data, fsdp) mesh with the suggested logical rules, parameters sharded by their
+    logical axes and the batch split over all 8 devices, the output matches the unsharded one."""
+    from imagen_jax.models.partitioning import SUGGESTED_FSDP_RULES
+
+    config, model, params, apply = setup("efficient_self")
+    inputs = jax.tree_util.tree_map(lambda x: jnp.concatenate([x] * 4), make_inputs(config, jax.random.key(13)))
+    expected = apply(params, inputs)
+    mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
+    specs = nn.get_partition_spec(abstract_params(model, config))
+    param_shardings = nn.logical_to_mesh_sharding(specs, mesh, SUGGESTED_FSDP_RULES)
+    batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
+    sharded_params = jax.device_put(params, param_shardings)
+    sharded_inputs = jax.device_put(inputs, batch_sharding)
+    with nn.logical_axis_rules(SUGGESTED_FSDP_RULES), jax.set_mesh(mesh):
+        out = jax.jit(lambda p, x: model.apply({"params": p}, **x))(sharded_params, sharded_inputs)
+    assert out.sharding.spec[0] == ("data", "fsdp")
+    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

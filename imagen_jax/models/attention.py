@@ -16,7 +16,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from imagen_jax.models.layers import GroupNorm, default_kernel_init, zeros
+from imagen_jax.models.layers import GroupNorm, zeros
 from imagen_jax.models.partitioning import constrain, partitioned
 
 ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn")
@@ -53,33 +53,41 @@ def dot_product_attention(query, key, value, mask, implementation: str):
     return jax.nn.dot_product_attention(query, key, value, mask=mask, implementation=implementation)
 
 
+class Projection(nn.Module):
+    """A dense map contracting the last `in_ndim` axes of x into `features`:
+    x [..., *in_dims] -> [..., *features], kernel [*in_dims, *features] with logical axes
+    `names` (one per kernel dim; the bias gets the feature names). Unlike nn.DenseGeneral
+    the kernel is created in its true shape, so its logical axes hold during init."""
+
+    features: tuple[int, ...]
+    names: tuple[str | None, ...]
+    in_ndim: int = 1
+    zero_init: bool = False
+    dtype: Any = jnp.float32
+    param_dtype: Any = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        in_dims = x.shape[x.ndim - self.in_ndim :]
+        n_in, n_out = self.in_ndim, len(self.features)
+        init = zeros if self.zero_init else nn.initializers.lecun_normal(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+        kernel = self.param("kernel", partitioned(init, *self.names), (*in_dims, *self.features), self.param_dtype)
+        bias = self.param("bias", partitioned(zeros, *self.names[n_in:]), tuple(self.features), self.param_dtype)
+        y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
+        return y + bias.astype(self.dtype)
+
+
 def heads_dense(heads, head_dim, in_axis, *, dtype, param_dtype, name, leading: int | None = None):
     """x [..., D] -> [..., (leading,) heads, head_dim] in one matmul."""
-    features = (heads, head_dim) if leading is None else (leading, heads, head_dim)
-    names = (in_axis, "heads", "kv") if leading is None else (in_axis, None, "heads", "kv")
-    bias_names = names[1:]
-    return nn.DenseGeneral(
-        features,
-        axis=-1,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=partitioned(default_kernel_init, *names),
-        bias_init=partitioned(zeros, *bias_names),
-        name=name,
-    )
+    if leading is None:
+        return Projection((heads, head_dim), (in_axis, "heads", "kv"), dtype=dtype, param_dtype=param_dtype, name=name)
+    return Projection((leading, heads, head_dim), (in_axis, None, "heads", "kv"), dtype=dtype, param_dtype=param_dtype, name=name)
 
 
-def _output_projection(channels, *, dtype, param_dtype):
-    """[..., heads, head_dim] -> [..., channels], zero-initialised (the block starts as identity)."""
-    return nn.DenseGeneral(
-        channels,
-        axis=(-2, -1),
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=partitioned(zeros, "heads", "kv", "embed"),
-        bias_init=partitioned(zeros, "embed"),
-        name="out",
-    )
+def merge_heads(channels, out_axis="embed", *, zero_init=True, dtype, param_dtype, name="out"):
+    """[..., heads, head_dim] -> [..., channels]; zero-initialised by default (the residual
+    block starts as the identity)."""
+    return Projection((channels,), ("heads", "kv", out_axis), in_ndim=2, zero_init=zero_init, dtype=dtype, param_dtype=param_dtype, name=name)
 
 
 def _text_key_value(text, heads, head_dim, *, dtype, param_dtype):
@@ -121,7 +129,7 @@ class SelfAttention(nn.Module):
             image_valid = jnp.ones((batch, height * width), bool)
             mask = jnp.concatenate([image_valid, text_mask.astype(bool)], axis=1)[:, None, None, :]
         out = dot_product_attention(q, k, v, mask, self.implementation)
-        out = _output_projection(channels, dtype=self.dtype, param_dtype=self.param_dtype)(out)
+        out = merge_heads(channels, dtype=self.dtype, param_dtype=self.param_dtype)(out)
         return x + out.reshape(x.shape).astype(x.dtype)
 
 
@@ -148,7 +156,7 @@ class CrossAttention(nn.Module):
         v = jnp.concatenate([null_kv[:, 1], v], axis=1)
         mask = jnp.concatenate([jnp.ones((batch, 1), bool), text_mask.astype(bool)], axis=1)[:, None, None, :]
         out = dot_product_attention(q, k, v, mask, self.implementation)
-        out = _output_projection(channels, dtype=self.dtype, param_dtype=self.param_dtype)(out)
+        out = merge_heads(channels, dtype=self.dtype, param_dtype=self.param_dtype)(out)
         return x + out.reshape(x.shape).astype(x.dtype)
 
 

@@ -61,7 +61,7 @@ class EfficientUNet(UNetCommon):
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
         def add_embedding(h, name):
-            return image_constraint(h + dense(h.shape[-1], "embed", "embed", name=name, **kw)(emb_act)[:, None, None, :])
+            return image_constraint(h + dense(h.shape[-1], "mlp", "embed", name=name, **kw)(emb_act)[:, None, None, :])
 
         def attend(h, level, name):
             kind = self.attention[level]
@@ -81,7 +81,7 @@ class EfficientUNet(UNetCommon):
                 h = attend(h, level, f"{prefix}_{level}_attention")
             return h
 
-        h = conv(self.channels[0], 3, name="conv_in", **kw)(x)
+        h = conv(self.channels[0], 3, in_axis=None, name="conv_in", **kw)(x)
         skips = []
         for level, stride in enumerate(self.strides):  # DBlocks
             h = conv(self.channels[level], 3, strides=stride, name=f"down_{level}_conv", **kw)(h)
@@ -100,5 +100,5 @@ class EfficientUNet(UNetCommon):
             h = conv(self.channels[max(level - 1, 0)], 3, name=f"up_{level}_conv", **kw)(h)
 
         h = GroupNorm(self.norm_groups, name="norm_out", **kw)(h, swish=True)
-        out = conv(self.out_channels, 3, zero_init=True, name="conv_out", **kw)(h)
-        return out.astype(jnp.float32)
+        out = conv(self.out_channels, 3, zero_init=True, out_axis=None, name="conv_out", **kw)(h)
+        return image_constraint(out.astype(jnp.float32))

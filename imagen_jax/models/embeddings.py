@@ -40,6 +40,6 @@ class NoiseLevelEmbedding(nn.Module):
     def __call__(self, logsnr):
         x = jnp.clip(logsnr.astype(jnp.float32), -self.logsnr_clip, self.logsnr_clip) * self.logsnr_scale
         h = sinusoidal_embedding(x, self.sinusoid_dim)
-        h = dense(self.features, "embed", "mlp", dtype=self.dtype, param_dtype=self.param_dtype, name="dense_in")(h)
+        h = dense(self.features, None, "mlp", dtype=self.dtype, param_dtype=self.param_dtype, name="dense_in")(h)
         h = nn.swish(h)
-        return dense(self.features, "mlp", "embed", dtype=self.dtype, param_dtype=self.param_dtype, name="dense_out")(h)
+        return dense(self.features, "mlp", None, dtype=self.dtype, param_dtype=self.param_dtype, name="dense_out")(h)

@@ -18,8 +18,20 @@ zeros = nn.initializers.zeros_init()
 ones = nn.initializers.ones_init()
 
 
-def conv(features: int, kernel: int = 3, *, strides: int = 1, zero_init: bool = False, dtype: Dtype, param_dtype: Dtype, name: str | None = None) -> nn.Conv:
-    """A `kernel` x `kernel` 'SAME' convolution over NHWC, kernel [k, k, in, out]."""
+def conv(
+    features: int,
+    kernel: int = 3,
+    *,
+    strides: int = 1,
+    zero_init: bool = False,
+    in_axis: str | None = "conv_in",
+    out_axis: str | None = "conv_out",
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str | None = None,
+) -> nn.Conv:
+    """A `kernel` x `kernel` 'SAME' convolution over NHWC, kernel [k, k, in, out] with logical
+    axes (None, None, in_axis, out_axis); the image-side convs pass None for their 3 (or 6) channels."""
     return nn.Conv(
         features,
         (kernel, kernel),
@@ -27,13 +39,13 @@ def conv(features: int, kernel: int = 3, *, strides: int = 1, zero_init: bool = 
         padding="SAME",
         dtype=dtype,
         param_dtype=param_dtype,
-        kernel_init=partitioned(zeros if zero_init else default_kernel_init, None, None, "conv_in", "conv_out"),
-        bias_init=partitioned(zeros, "conv_out"),
+        kernel_init=partitioned(zeros if zero_init else default_kernel_init, None, None, in_axis, out_axis),
+        bias_init=partitioned(zeros, out_axis),
         name=name,
     )
 
 
-def dense(features: int, in_axis: str, out_axis: str, *, zero_init: bool = False, dtype: Dtype, param_dtype: Dtype, name: str | None = None) -> nn.Dense:
+def dense(features: int, in_axis: str | None, out_axis: str | None, *, zero_init: bool = False, dtype: Dtype, param_dtype: Dtype, name: str | None = None) -> nn.Dense:
     """A dense layer whose kernel [in, out] carries the logical axes (in_axis, out_axis)."""
     return nn.Dense(
         features,

@@ -14,15 +14,16 @@ import flax.linen as nn
 
 # Parameter axes.
 PARAM_AXES = {
-    "embed": "width of a dense layer's input or output on the image/conditioning side",
-    "mlp": "hidden width of the conditioning-embedding MLPs",
+    "embed": "channels of image features / image tokens in dense layers",
+    "mlp": "width of the conditioning embedding (noise level + pooled text + aug level) and its MLPs",
     "heads": "attention heads",
     "kv": "channels per attention head",
     "text_embed": "width of the incoming text embedding (the T5 d_model)",
     "conv_in": "input channels of a convolution kernel",
     "conv_out": "output channels of a convolution kernel (and its bias)",
     "norm": "scale / bias of a GroupNorm or LayerNorm (small; kept replicated)",
-    # None: the spatial dims of conv kernels and the q/k/v selector axis.
+    # None: the spatial dims of conv kernels, the q/k/v selector axis, the sinusoid input.
+    # A name appears at most once per parameter (flax's rule).
 }
 
 # Activation axes.

@@ -40,7 +40,7 @@ class ResNetBlock(nn.Module):
         h = conv(self.out_channels, 3, name="conv_in", **kw)(h)
         scale_shift = None
         if emb_act is not None:
-            film = dense(2 * self.out_channels, "embed", "embed", name="emb_proj", **kw)(emb_act)
+            film = dense(2 * self.out_channels, "mlp", "embed", name="emb_proj", **kw)(emb_act)
             scale_shift = jnp.split(film, 2, axis=-1)
         h = GroupNorm(self.norm_groups, name="norm_out", **kw)(h, scale_shift, swish=True)
         if self.dropout > 0.0:

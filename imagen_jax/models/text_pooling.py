@@ -12,7 +12,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from imagen_jax.models.attention import dot_product_attention, heads_dense
+from imagen_jax.models.attention import dot_product_attention, heads_dense, merge_heads
 from imagen_jax.models.layers import zeros
 from imagen_jax.models.partitioning import partitioned
 
@@ -47,13 +47,5 @@ class TextAttentionPooling(nn.Module):
         q = heads_dense(self.num_heads, head_dim, "text_embed", dtype=self.dtype, param_dtype=self.param_dtype, name="q")(sequence[:, :1])
         kv = heads_dense(self.num_heads, head_dim, "text_embed", dtype=self.dtype, param_dtype=self.param_dtype, name="kv", leading=2)(sequence)
         pooled = dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], mask, self.implementation)  # [B, 1, N, H]
-        pooled = nn.DenseGeneral(
-            self.features,
-            axis=(-2, -1),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=partitioned(nn.initializers.lecun_normal(), "heads", "kv", "embed"),
-            bias_init=partitioned(zeros, "embed"),
-            name="out",
-        )(pooled)[:, 0]
+        pooled = merge_heads(self.features, "mlp", zero_init=False, dtype=self.dtype, param_dtype=self.param_dtype)(pooled)[:, 0]
         return pooled

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 from imagen_jax.models.attention import SelfAttention
 from imagen_jax.models.conditioning import UNetCommon
 from imagen_jax.models.layers import GroupNorm, conv, upsample_2x
+from imagen_jax.models.partitioning import image_constraint
 
 class UNet(UNetCommon):
     """ADM-style UNet; call signature in `UNetCommon`.
@@ -45,7 +46,7 @@ class UNet(UNetCommon):
                 return conv(h.shape[-1], 3, strides=2, name=name, **kw)(h)
             return conv(h.shape[-1], 3, name=name, **kw)(upsample_2x(h))
 
-        h = conv(self.channels * self.channel_mult[0], 3, name="conv_in", **kw)(x)
+        h = conv(self.channels * self.channel_mult[0], 3, in_axis=None, name="conv_in", **kw)(x)
         skips = [h]
         resolution = z.shape[1]
         for level, mult in enumerate(self.channel_mult):
@@ -74,5 +75,5 @@ class UNet(UNetCommon):
                 resolution *= 2
 
         h = GroupNorm(self.norm_groups, name="norm_out", **kw)(h, swish=True)
-        out = conv(self.out_channels, 3, zero_init=True, name="conv_out", **kw)(h)
-        return out.astype(jnp.float32)
+        out = conv(self.out_channels, 3, zero_init=True, out_axis=None, name="conv_out", **kw)(h)
+        return image_constraint(out.astype(jnp.float32))
