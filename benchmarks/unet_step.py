@@ -3,9 +3,12 @@ FLOP count (compiled cost analysis) and the achieved TFLOP/s.
 
     python benchmarks/unet_step.py --config configs/shapes_base32.py --batch 8
     python benchmarks/unet_step.py --config configs/sr256_600m.py --batch 4 --peak-tflops 990
+    python benchmarks/unet_step.py --config configs/base64_2b.py --batch 1 --flops-only
 
 Prints a table and writes JSON (default benchmarks/results/unet_step_<preset>_<backend>_b<batch>.json).
 The loss is the eps-prediction MSE against a random target; no optimizer update is timed.
+--flops-only lowers the programs on abstract shapes (no parameter memory, nothing run) and
+reports XLA's FLOP count alone, e.g. for the paper presets on a small machine.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ import statistics
 import time
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from imagen_jax.models.builder import build_model, dummy_inputs, init_params
+from imagen_jax.models.builder import abstract_params, build_model, dummy_inputs, init_params
 from imagen_jax.models.param_count import load_config
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -46,6 +50,13 @@ def compiled_flops(compiled) -> float:
     return float(analysis.get("flops", float("nan")))
 
 
+def lowered_flops(lowered) -> float:
+    analysis = lowered.cost_analysis()
+    if isinstance(analysis, (list, tuple)):
+        analysis = analysis[0]
+    return float(analysis.get("flops", float("nan")))
+
+
 def time_call(fn, args, iters: int) -> list[float]:
     jax.block_until_ready(fn(*args))  # warm-up
     times = []
@@ -56,10 +67,15 @@ def time_call(fn, args, iters: int) -> list[float]:
     return times
 
 
-def benchmark(config, batch: int, text_length: int, iters: int) -> dict:
+def benchmark(config, batch: int, text_length: int, iters: int, flops_only: bool = False) -> dict:
     model = build_model(config.model)
-    params = init_params(model, config, jax.random.key(0))
-    inputs, target = random_inputs(config, batch, text_length, jax.random.key(1))
+    if flops_only:
+        params = nn.meta.unbox(abstract_params(model, config))
+        inputs = dummy_inputs(config, batch, text_length, abstract=True)
+        target = jax.ShapeDtypeStruct(inputs["z"].shape, jnp.float32)
+    else:
+        params = init_params(model, config, jax.random.key(0))
+        inputs, target = random_inputs(config, batch, text_length, jax.random.key(1))
 
     def forward(params, inputs):
         return model.apply({"params": params}, **inputs)
@@ -72,14 +88,18 @@ def benchmark(config, batch: int, text_length: int, iters: int) -> dict:
         ("forward", forward, (params, inputs)),
         ("forward_backward", jax.value_and_grad(loss), (params, inputs, target)),
     ):
+        lowered = jax.jit(fn).lower(*args)
+        if flops_only:
+            results[name] = dict(flops=lowered_flops(lowered))
+            continue
         start = time.perf_counter()
-        compiled = jax.jit(fn).lower(*args).compile()
+        compiled = lowered.compile()
         compile_s = time.perf_counter() - start
         times = time_call(compiled, args, iters)
         seconds = statistics.median(times)
         flops = compiled_flops(compiled)
         results[name] = dict(seconds=seconds, min_seconds=min(times), compile_seconds=compile_s, flops=flops, tflops_per_s=flops / seconds / 1e12)
-    return dict(params=sum(x.size for x in jax.tree_util.tree_leaves(params)), **results)
+    return dict(params=sum(int(x.size) for x in jax.tree_util.tree_leaves(params)), **results)
 
 
 def main(argv=None) -> None:
@@ -90,6 +110,7 @@ def main(argv=None) -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--dtype", help="override model.dtype (compute), e.g. float32 or bfloat16")
     parser.add_argument("--remat", choices=["true", "false"], help="override model.remat")
+    parser.add_argument("--flops-only", action="store_true", help="only XLA's FLOP count, on abstract shapes (no memory)")
     parser.add_argument("--peak-tflops", type=float, help="device peak (SPEC 6) to report MFU")
     parser.add_argument("--out", help="JSON output path")
     args = parser.parse_args(argv)
@@ -100,7 +121,7 @@ def main(argv=None) -> None:
     if args.remat:
         config.model.remat = args.remat == "true"
     preset = Path(args.config).stem
-    result = benchmark(config, args.batch, args.text_length, args.iters)
+    result = benchmark(config, args.batch, args.text_length, args.iters, args.flops_only)
     device = jax.devices()[0]
     record = dict(
         preset=preset,
@@ -115,7 +136,7 @@ def main(argv=None) -> None:
         jax_version=jax.__version__,
         **result,
     )
-    if args.peak_tflops:
+    if args.peak_tflops and not args.flops_only:
         for name in ("forward", "forward_backward"):
             record[name]["mfu"] = record[name]["tflops_per_s"] / args.peak_tflops
 
@@ -124,11 +145,15 @@ def main(argv=None) -> None:
     print(f"{'pass':<18} {'ms (median)':>12} {'GFLOP':>10} {'TFLOP/s':>9} {'compile s':>10}" + (f" {'MFU':>6}" if args.peak_tflops else ""))
     for name in ("forward", "forward_backward"):
         r = record[name]
+        if args.flops_only:
+            print(f"{name:<18} {'-':>12} {r['flops'] / 1e9:>10.2f}")
+            continue
         line = f"{name:<18} {1e3 * r['seconds']:>12.1f} {r['flops'] / 1e9:>10.2f} {r['tflops_per_s']:>9.4f} {r['compile_seconds']:>10.1f}"
         if args.peak_tflops:
             line += f" {100 * r['mfu']:>5.1f}%"
         print(line)
-    out = Path(args.out) if args.out else RESULTS_DIR / f"unet_step_{preset}_{record['backend']}_b{args.batch}.json"
+    suffix = "_flops" if args.flops_only else ""
+    out = Path(args.out) if args.out else RESULTS_DIR / f"unet_step_{preset}_{record['backend']}_b{args.batch}{suffix}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out}")

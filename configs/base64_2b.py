@@ -1,4 +1,6 @@
-"""Imagen's base stage: text -> 64x64, the ~2B-parameter ADM-style UNet (SPEC 1, 4)."""
+"""Imagen's base stage: text -> 64x64, the ~2B-parameter ADM-style UNet (SPEC 1, 4):
+512 channels, channel_mult (1, 2, 3, 4), 3 ResNet blocks per level, 64 channels per head,
+self-attention with the text in its keys/values at 32, 16 and 8 px."""
 
 import ml_collections
 

@@ -1,5 +1,7 @@
-"""Imagen's first super-resolution stage: 64 -> 256, the ~600M-parameter Efficient U-Net
-with self-attention (text concatenated to its keys/values) at the lowest level (SPEC 1, 4)."""
+"""Imagen's second super-resolution stage: 256 -> 1024, the ~400M-parameter Efficient U-Net
+without self-attention, with text cross-attention at the lowest level (SPEC 1, 4). It trains
+on 64 -> 256 crops and runs fully convolutionally at 1024 (set resolution / low_res_resolution
+in the training config accordingly)."""
 
 import ml_collections
 

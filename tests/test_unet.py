@@ -244,3 +244,11 @@ def test_sharded_apply_matches_single_device():
         out = jax.jit(lambda p, x: model.apply({"params": p}, **x))(sharded_params, sharded_inputs)
     assert out.sharding.spec[0] == ("data", "fsdp")
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_params_command_prints_table(capsys):
+    from imagen_jax.cli import main
+
+    assert main(["params", "--config", str(CONFIG_DIR / "shapes_base32.py"), "--config", str(CONFIG_DIR / "sr256_600m.py")]) == 0
+    out = capsys.readouterr().out
+    assert "shapes_base32" in out and "sr256_600m" in out and "600M" in out
