@@ -13,6 +13,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.text.embed_cli", "embed"),
     ("imagen_jax.data.cli", "data"),
     ("imagen_jax.train.cli", "train"),
+    ("imagen_jax.models.param_count", "params"),
 ]
 
 

@@ -1,0 +1,37 @@
+"""Imagen's base stage: text -> 64x64, the ~2B-parameter ADM-style UNet (SPEC 1, 4):
+512 channels, channel_mult (1, 2, 3, 4), 3 ResNet blocks per level, 64 channels per head,
+self-attention with the text in its keys/values at 32, 16 and 8 px."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.stage = "base"
+    config.resolution = 64
+    config.model = ml_collections.ConfigDict(
+        dict(
+            family="unet",
+            channels=512,
+            channel_mult=(1, 2, 3, 4),
+            num_res_blocks=3,
+            attention_resolutions=(32, 16, 8),
+            head_dim=64,
+            num_heads=None,
+            resblock_updown=True,
+            embed_dim=2048,  # ADM: 4 x channels
+            noise_sinusoid_dim=512,
+            text_dim=4096,  # T5-XXL
+            text_pool_heads=32,
+            text_context_dim=512,  # T5 projected once (LayerNorm + Dense), then LayerNorm + k/v per attention layer
+            norm_groups=32,
+            dropout=0.0,
+            out_channels=3,
+            low_res_conditioning=False,
+            dtype="bfloat16",
+            param_dtype="float32",
+            remat=True,
+            attention_implementation="auto",
+        )
+    )
+    return config

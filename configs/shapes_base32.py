@@ -1,0 +1,37 @@
+"""Small base stage for the built-in shapes dataset: text -> 32x32, ~2M parameters, sized
+to train on 2 CPU cores (ADM-style UNet, same code path as base64_2b): about
+48 GFLOP per forward+backward at batch 32 (benchmarks/unet_step.py)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.stage = "base"
+    config.resolution = 32
+    config.model = ml_collections.ConfigDict(
+        dict(
+            family="unet",
+            channels=24,
+            channel_mult=(1, 2, 4),
+            num_res_blocks=1,
+            attention_resolutions=(8,),
+            head_dim=24,
+            num_heads=None,
+            resblock_updown=True,
+            embed_dim=128,
+            noise_sinusoid_dim=64,
+            text_dim=256,  # must equal the text encoder's output width
+            text_pool_heads=4,
+            text_context_dim=None,
+            norm_groups=8,
+            dropout=0.0,
+            out_channels=3,
+            low_res_conditioning=False,
+            dtype="float32",
+            param_dtype="float32",
+            remat=False,
+            attention_implementation="auto",
+        )
+    )
+    return config
