@@ -29,8 +29,8 @@ def tiny_config(stage="base", optimizer="adam", accum=1):
                                  head_dim=16, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2, norm_groups=4))
     else:
         config.low_res_resolution = 8
-        config.model.update(dict(channels=(16, 32), num_res_blocks=(1, 1), attention_levels=(False, True),
-                                 num_heads=2, head_dim=8, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2,
+        config.model.update(dict(channels=(16, 32), num_res_blocks=(1, 1), strides=(2, 2), attention=("none", "self"),
+                                 num_heads=2, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2,
                                  norm_groups=4, low_res_conditioning=True))
     config.diffusion = ml_collections.ConfigDict(dict(schedule=dict(kind="cosine"), prediction="eps",
                                                       aug_schedule=dict(kind="cosine")))

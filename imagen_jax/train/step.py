@@ -77,7 +77,7 @@ def make_train_step(model, optimizer, lr_schedule, config):
     def train_step(state: TrainState, batch, key):
         step_key = jax.random.fold_in(key, state.step)
         loss, grads = loss_and_grads(state.params, batch, step_key)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
