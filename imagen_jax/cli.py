@@ -12,6 +12,7 @@ from imagen_jax import __version__
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.text.embed_cli", "embed"),
     ("imagen_jax.data.cli", "data"),
+    ("imagen_jax.eval.cli", "eval"),
 ]
 
 
