@@ -33,8 +33,13 @@ PALETTE_LAB: np.ndarray = srgb_to_lab(PALETTE_RGB)  # [K, 3], row k is COLOR_NAM
 
 
 def palette_distances(lab: np.ndarray) -> np.ndarray:
-    """Lab [..., 3] -> Delta E to every palette color, float32 [..., K]."""
-    return np.linalg.norm(lab[..., None, :] - PALETTE_LAB, axis=-1)
+    """Lab [..., 3] -> Delta E to every palette color, float32 [..., K].
+
+    |x - p|^2 = |x|^2 - 2 x.p + |p|^2, one matmul instead of a [..., K, 3] difference.
+    """
+    lab = np.asarray(lab, np.float32)
+    squared = (lab * lab).sum(-1, keepdims=True) - 2 * lab @ PALETTE_LAB.T + (PALETTE_LAB**2).sum(-1)
+    return np.sqrt(np.maximum(squared, 0.0))
 
 
 def nearest_color_index(lab: np.ndarray, exclude: int | None = None) -> np.ndarray:
