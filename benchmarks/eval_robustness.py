@@ -69,7 +69,8 @@ def main() -> None:
 
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
-        json.dump({"machine": platform.processor() or platform.machine(), "accuracy": rows, "speed": speed}, f, indent=1)
+        machine = platform.processor() or platform.machine()
+        json.dump({"machine": machine, "accuracy": rows, "speed": speed}, f, indent=1)
     print(f"wrote {args.out}")
 
 

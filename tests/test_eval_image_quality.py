@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from imagen_jax.eval import bicubic_upsample, psnr, sr_fidelity, ssim
+from imagen_jax.eval import bicubic_upsample, out_of_range_fraction, psnr, sr_fidelity, ssim, to_uint8_images
 from imagen_jax.eval.dataset_check import dataset_images
 from imagen_jax.eval.image_quality import SSIM_K1, SSIM_K2, gaussian_window_1d
 
@@ -91,3 +91,10 @@ def test_bicubic_keeps_constants_and_sr_fidelity_checks_input():
         sr_fidelity(high.astype(np.float32), high, high[:, :16, :16])
     with pytest.raises(ValueError, match="same N"):
         sr_fidelity(high, high, high[:1, :16, :16])
+
+
+def test_model_output_conversion():
+    x = np.array([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0])
+    assert to_uint8_images(x).tolist() == [0, 0, 128, 255, 255, 255]
+    assert out_of_range_fraction(x) == pytest.approx(2 / 6)
+    assert out_of_range_fraction(x, value_range=(0, 1)) == pytest.approx(3 / 6)

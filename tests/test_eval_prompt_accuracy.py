@@ -41,7 +41,8 @@ def test_robust_to_mild_blur_and_noise(images_32):
 
 
 def _one_large_object_scene():
-    return next(s for i in range(100) if len((s := sample_scene(0, i, "test")).objects) == 1 and s.objects[0].size == "large")
+    scenes = (sample_scene(0, i, "test") for i in range(100))
+    return next(s for s in scenes if len(s.objects) == 1 and s.objects[0].size == "large")
 
 
 def test_other_resolutions_and_aspect_ratios():

@@ -1,7 +1,7 @@
 """Evaluation on the shapes dataset: prompt accuracy (a deterministic pixel analyzer
 checks each image against its prompt) and SR fidelity (PSNR / SSIM vs bicubic)."""
 
-from imagen_jax.eval.image_io import to_uint8_images
+from imagen_jax.eval.image_io import out_of_range_fraction, to_uint8_images
 from imagen_jax.eval.image_quality import psnr, ssim
 from imagen_jax.eval.prompt_accuracy import prompt_accuracy
 from imagen_jax.eval.prompt_parser import PromptRequest, RequestedObject, parse_prompt
@@ -15,6 +15,7 @@ __all__ = [
     "RequestedObject",
     "analyze_image",
     "bicubic_upsample",
+    "out_of_range_fraction",
     "parse_prompt",
     "prompt_accuracy",
     "psnr",

@@ -94,7 +94,9 @@ def _load_sr(args):
     folders = (args.sr_images, args.high_res, args.low_res)
     missing = [os.path.join(d, n) for d in folders[1:] for n in names if not os.path.exists(os.path.join(d, n))]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} matching files missing, e.g. {missing[0]!r}; name them as in --sr-images.")
+        raise FileNotFoundError(
+            f"{len(missing)} matching files missing, e.g. {missing[0]!r}; name them as in --sr-images."
+        )
     return [np.stack([read_image(os.path.join(d, n)) for n in names]) for d in folders]
 
 

@@ -19,6 +19,13 @@ def to_uint8_images(x, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.nda
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 
+def out_of_range_fraction(x, value_range: tuple[float, float] = (-1.0, 1.0)) -> float:
+    """Fraction of values of float images `x` outside `value_range` (they saturate
+    when converted to pixels; large with strong guidance and no thresholding)."""
+    x = np.asarray(x)
+    return float(np.mean((x < value_range[0]) | (x > value_range[1])))
+
+
 def _natural_key(name: str):
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 

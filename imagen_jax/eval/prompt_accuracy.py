@@ -138,7 +138,9 @@ def summarize(scores: Sequence[dict]) -> dict:
     return {**rates, "num_images": len(scores), "num_objects": len(objects), "num_two_object": len(pairs)}
 
 
-def prompt_accuracy(images: Sequence[np.ndarray] | np.ndarray, prompts: Sequence[str], *, per_image: bool = False) -> dict:
+def prompt_accuracy(
+    images: Sequence[np.ndarray] | np.ndarray, prompts: Sequence[str], *, per_image: bool = False
+) -> dict:
     """Prompt accuracy of `images` (uint8 [N, H, W, 3] or a list of uint8 [H, W, 3] of any
     sizes in 16..1024) against `prompts` (N strings, image i <-> prompt i).
 
