@@ -174,6 +174,8 @@ def analyze_image(image: np.ndarray, *, min_area: float = MIN_OBJECT_AREA) -> Im
         direction = core_rgb - background_rgb
         offset = image[box].astype(np.float32) - background_rgb
         alpha = np.clip(offset @ direction / max(float(direction @ direction), 1e-6), 0.0, 1.0) * grown
+        if alpha.sum() < 1.0:  # less than one pixel's worth of coverage: nothing to measure
+            continue
         area, fill, extent, center, taper = _measure(alpha, box[0].start, box[1].start, height, width)
         objects.append(
             DetectedObject(
