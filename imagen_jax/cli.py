@@ -14,6 +14,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.data.cli", "data"),
     ("imagen_jax.train.cli", "train"),
     ("imagen_jax.models.param_count", "params"),
+    ("imagen_jax.eval.cli", "eval"),
 ]
 
 
