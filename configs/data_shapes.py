@@ -37,6 +37,7 @@ PRESETS = {
     # name: (dataset resolution, image_size, low_res_size, random_crop)
     "base32": (32, 32, 0, False),
     "base64": (64, 64, 0, False),
+    "sr64": (64, 64, 32, False),
     "sr128": (128, 128, 32, True),
     "sr256": (256, 256, 64, True),
 }

@@ -2,7 +2,9 @@
 Efficient U-Net sized to train on 2 CPU cores (same code path as sr256_600m): about
 59 GFLOP per forward+backward at batch 32 (benchmarks/unet_step.py)."""
 
+import data_shapes
 import ml_collections
+import stage_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -35,5 +37,10 @@ def get_config() -> ml_collections.ConfigDict:
             remat=False,
             attention_implementation="auto",
         )
+    )
+    config.data = data_shapes.data_config("sr64")
+    stage_defaults.add_training_sections(
+        config, optimizer="adam", steps=3000, batch_size=32, peak_lr=1e-3, warmup_steps=100, ema_decay=0.999,
+        checkpoint_every=500, sample_every=500, log_every=25,
     )
     return config

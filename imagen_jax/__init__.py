@@ -4,7 +4,13 @@ The public API is small: the diffusion core lives in `imagen_jax.diffusion`; the
 names most programs need are re-exported here.
 """
 
-from imagen_jax.diffusion import SamplerConfig, Schedule, diffusion_loss, q_sample, sample
+from imagen_jax.diffusion import (
+    SamplerConfig,
+    Schedule,
+    diffusion_loss,
+    q_sample,
+    sample,
+)
 
 __version__ = "0.1.0"
 

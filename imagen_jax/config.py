@@ -17,9 +17,9 @@ import sys
 import ml_collections
 
 
-def load_config(spec: str) -> ml_collections.ConfigDict:
+def load_config(spec) -> ml_collections.ConfigDict:
     """Load `path[:arg]`: runs the file's get_config(arg) (get_config() without arg)."""
-    path, _, arg = spec.partition(":")
+    path, _, arg = str(spec).partition(":")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"config file {path!r} not found; pass --config configs/<name>.py (see configs/)")
     name = f"_imagen_jax_config_{abs(hash(os.path.abspath(path)))}"

@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from imagen_jax.eval import bicubic_upsample, out_of_range_fraction, psnr, sr_fidelity, ssim, to_uint8_images
+from imagen_jax.eval import (
+    bicubic_upsample,
+    out_of_range_fraction,
+    psnr,
+    sr_fidelity,
+    ssim,
+    to_uint8_images,
+)
 from imagen_jax.eval.dataset_check import dataset_images
 from imagen_jax.eval.image_quality import SSIM_K1, SSIM_K2, gaussian_window_1d
 

@@ -10,7 +10,12 @@ from imagen_jax.data.shapes_scene import (
     caption_for,
     sample_scene,
 )
-from imagen_jax.eval.prompt_parser import RELATIONS, PromptRequest, RequestedObject, parse_prompt
+from imagen_jax.eval.prompt_parser import (
+    RELATIONS,
+    PromptRequest,
+    RequestedObject,
+    parse_prompt,
+)
 
 _FIRST = ShapeObject("triangle", "orange", "small", "top left", (1 / 6, 1 / 6), 0.2)
 _SECOND = ShapeObject("circle", "gray", "medium", "bottom right", (5 / 6, 5 / 6), 0.28)

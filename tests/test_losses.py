@@ -5,7 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagen_jax.diffusion import Schedule, alpha_sigma, diffusion_loss, min_snr_weight, per_example_loss
+from imagen_jax.diffusion import (
+    Schedule,
+    alpha_sigma,
+    diffusion_loss,
+    min_snr_weight,
+    per_example_loss,
+)
 
 RNG = np.random.default_rng(0)
 

@@ -7,7 +7,12 @@ import numpy as np
 import optax
 import pytest
 
-from imagen_jax.train import ema_decay_at, ema_update, learning_rate_schedule, make_optimizer
+from imagen_jax.train import (
+    ema_decay_at,
+    ema_update,
+    learning_rate_schedule,
+    make_optimizer,
+)
 
 
 def test_warmup_then_cosine():

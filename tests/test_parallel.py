@@ -6,7 +6,13 @@ import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from imagen_jax.parallel import DEFAULT_RULES, batch_sharding, logical_shardings, make_mesh, rules_from_config
+from imagen_jax.parallel import (
+    DEFAULT_RULES,
+    batch_sharding,
+    logical_shardings,
+    make_mesh,
+    rules_from_config,
+)
 
 
 class TinyMLP(nn.Module):

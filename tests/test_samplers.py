@@ -13,7 +13,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from imagen_jax.diffusion import SamplerConfig, Schedule, alpha_sigma, guided_output, sample
+from imagen_jax.diffusion import (
+    SamplerConfig,
+    Schedule,
+    alpha_sigma,
+    guided_output,
+    sample,
+)
 from imagen_jax.diffusion.samplers import _sample
 
 DIM = 8

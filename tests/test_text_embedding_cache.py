@@ -11,7 +11,11 @@ import pytest
 
 from imagen_jax import cli
 from imagen_jax.text import load_text_encoder
-from imagen_jax.text.embedding_cache import EmbeddingCacheSource, embedding_cache_dir, write_embedding_cache
+from imagen_jax.text.embedding_cache import (
+    EmbeddingCacheSource,
+    embedding_cache_dir,
+    write_embedding_cache,
+)
 
 CAPTIONS = ["a red circle", b"two blue squares", "", "a green triangle left of a circle", "é", "one", "a b c"]
 

@@ -1,6 +1,5 @@
 """The pure train step: sharded equals single-device, text dropout, SR augmentation, NaN skip."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections

@@ -9,8 +9,8 @@ cached embeddings ("text_embedding" + "text_mask") or tokens ("text_tokens" + "t
 from imagen_jax.data.importer import import_dataset
 from imagen_jax.data.pipeline import dataset_from_config, make_dataset
 from imagen_jax.data.shapes_builder import ImagenShapes, prepare_shapes
-from imagen_jax.data.shapes_scene import COLORS, POSITIONS, SHAPES, SIZES, sample_scene
 from imagen_jax.data.shapes_render import render_scene
+from imagen_jax.data.shapes_scene import COLORS, POSITIONS, SHAPES, SIZES, sample_scene
 from imagen_jax.data.sources import default_data_dir, open_builder, open_source
 from imagen_jax.data.transforms import PrepareExample
 

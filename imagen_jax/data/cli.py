@@ -20,7 +20,11 @@ _DATA_DIR_HELP = f"dataset folder (default: ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR
 
 def add_parser(subparsers) -> None:
     """Registers `data` and its subcommands on the `imagen-jax` parser."""
-    from imagen_jax.data.shapes_builder import DEFAULT_NUM_TEST, DEFAULT_NUM_TRAIN, DEFAULT_SEED
+    from imagen_jax.data.shapes_builder import (
+        DEFAULT_NUM_TEST,
+        DEFAULT_NUM_TRAIN,
+        DEFAULT_SEED,
+    )
 
     parser = subparsers.add_parser("data", help="prepare, import and inspect datasets")
     commands = parser.add_subparsers(dest="data_command", metavar="DATA_COMMAND", required=True)

@@ -36,8 +36,18 @@ import grain
 import jax
 import ml_collections
 
-from imagen_jax.data.sources import RandomAccessSource, RecordsWithTextEmbeddings, open_source
-from imagen_jax.data.transforms import BatchExamples, FinishBatch, PrepareExample, TokenizeCaptions, Tokenizer
+from imagen_jax.data.sources import (
+    RandomAccessSource,
+    RecordsWithTextEmbeddings,
+    open_source,
+)
+from imagen_jax.data.transforms import (
+    BatchExamples,
+    FinishBatch,
+    PrepareExample,
+    TokenizeCaptions,
+    Tokenizer,
+)
 
 
 def make_dataset(

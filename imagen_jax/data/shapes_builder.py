@@ -36,7 +36,14 @@ from etils import epath
 from PIL import Image
 
 from imagen_jax.data.shapes_render import render_scene
-from imagen_jax.data.shapes_scene import COLOR_NAMES, POSITION_NAMES, SHAPES, SIZE_NAMES, SPLIT_IDS, sample_scene
+from imagen_jax.data.shapes_scene import (
+    COLOR_NAMES,
+    POSITION_NAMES,
+    SHAPES,
+    SIZE_NAMES,
+    SPLIT_IDS,
+    sample_scene,
+)
 from imagen_jax.data.sources import resolve_data_dir
 from imagen_jax.data.worker_pool import ordered_map
 

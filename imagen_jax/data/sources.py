@@ -46,7 +46,11 @@ def get_path(tree: Any, key: str) -> Any:
 
 
 def _shapes_builder(name: str, data_dir: str, prepare: bool, num_workers: int | None):
-    from imagen_jax.data.shapes_builder import DATASET_NAME, ImagenShapes, parse_shapes_config_name
+    from imagen_jax.data.shapes_builder import (
+        DATASET_NAME,
+        ImagenShapes,
+        parse_shapes_config_name,
+    )
 
     config_name = name[len(DATASET_NAME) + 1 :] or "64px"
     builder = ImagenShapes(

@@ -29,7 +29,11 @@ from imagen_jax.diffusion.schedules import (
     linear_logsnr,
     logsnr_from_alpha_bar,
 )
-from imagen_jax.diffusion.thresholding import apply_threshold, dynamic_threshold, static_threshold
+from imagen_jax.diffusion.thresholding import (
+    apply_threshold,
+    dynamic_threshold,
+    static_threshold,
+)
 
 __all__ = [
     "Schedule",

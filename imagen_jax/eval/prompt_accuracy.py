@@ -32,7 +32,12 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from imagen_jax.eval.prompt_parser import RELATIONS, PromptRequest, RequestedObject, parse_prompt
+from imagen_jax.eval.prompt_parser import (
+    RELATIONS,
+    PromptRequest,
+    RequestedObject,
+    parse_prompt,
+)
 from imagen_jax.eval.shape_analyzer import DetectedObject, ImageAnalysis, analyze_image
 
 _RATES = (

@@ -17,7 +17,12 @@ from __future__ import annotations
 import dataclasses
 import re
 
-from imagen_jax.data.shapes_scene import COLOR_NAMES, POSITION_PHRASES, SHAPES, SIZE_NAMES
+from imagen_jax.data.shapes_scene import (
+    COLOR_NAMES,
+    POSITION_PHRASES,
+    SHAPES,
+    SIZE_NAMES,
+)
 
 # Relation phrase -> (axis, sign): "A <phrase> B" holds when sign * (A[axis] - B[axis]) > 0,
 # with axis 0 = x (right) and 1 = y (down).

@@ -40,7 +40,13 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from imagen_jax.data.shapes_scene import COLOR_NAMES, POSITION_NAMES, POSITIONS, SIZE_NAMES, SIZES
+from imagen_jax.data.shapes_scene import (
+    COLOR_NAMES,
+    POSITION_NAMES,
+    POSITIONS,
+    SIZE_NAMES,
+    SIZES,
+)
 from imagen_jax.eval.color_space import PALETTE_LAB, nearest_color_index, srgb_to_lab
 
 MIN_RESOLUTION, MAX_RESOLUTION = 16, 1024

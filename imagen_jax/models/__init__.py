@@ -1,8 +1,19 @@
 """The Imagen UNets (SPEC 4): the ADM-style base `UNet`, the `EfficientUNet` of the SR
 stages, their layers, and the builder from a config's `model` section."""
 
-from imagen_jax.models.attention import CrossAttention, SelfAttention, dot_product_attention
-from imagen_jax.models.builder import FAMILIES, abstract_params, build_model, count_params, dummy_inputs, init_params
+from imagen_jax.models.attention import (
+    CrossAttention,
+    SelfAttention,
+    dot_product_attention,
+)
+from imagen_jax.models.builder import (
+    FAMILIES,
+    abstract_params,
+    build_model,
+    count_params,
+    dummy_inputs,
+    init_params,
+)
 from imagen_jax.models.efficient_unet import EfficientUNet
 from imagen_jax.models.embeddings import NoiseLevelEmbedding, sinusoidal_embedding
 from imagen_jax.models.resnet import ResNetBlock

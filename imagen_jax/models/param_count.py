@@ -9,29 +9,15 @@ Without --config every preset in the repository's configs/ with a `model` sectio
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
-import ml_collections
+from imagen_jax.config import load_config
 
 # Parameter counts the paper states for its stages (SPEC 1), keyed by preset file name.
 PAPER_PARAMS = {"base64_2b": 2.0e9, "sr256_600m": 600e6, "sr1024_400m": 400e6}
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-
-
-def load_config(path: str | Path) -> ml_collections.ConfigDict:
-    """Run a config file's get_config()."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"config file {path} not found; pass a path such as configs/base64_2b.py")
-    spec = importlib.util.spec_from_file_location(f"_imagen_config_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
-        raise ValueError(f"{path} defines no get_config(); a config file must return an ml_collections.ConfigDict from get_config()")
-    return module.get_config()
 
 
 def param_table(paths) -> list[dict]:
@@ -80,7 +66,9 @@ def _add_arguments(parser) -> None:
 
 
 def run(args) -> int:
-    paths = args.config or sorted(str(p) for p in DEFAULT_CONFIG_DIR.glob("*.py") if not p.name.startswith("_"))
+    paths = args.config or sorted(
+        str(p) for p in DEFAULT_CONFIG_DIR.glob("*.py") if not p.name.startswith("_") and "def get_config" in p.read_text()
+    )
     if not paths:
         print(f"no config files found in {DEFAULT_CONFIG_DIR}; pass --config", file=sys.stderr)
         return 1

@@ -12,6 +12,7 @@ from imagen_jax.models.conditioning import UNetCommon
 from imagen_jax.models.layers import GroupNorm, conv, upsample_2x
 from imagen_jax.models.partitioning import image_constraint
 
+
 class UNet(UNetCommon):
     """ADM-style UNet; call signature in `UNetCommon`.
 

@@ -2,7 +2,12 @@
 
 from imagen_jax.parallel.distributed import initialize
 from imagen_jax.parallel.mesh import MESH_AXES, batch_axis_size, make_mesh
-from imagen_jax.parallel.rules import DEFAULT_RULES, batch_sharding, logical_shardings, rules_from_config
+from imagen_jax.parallel.rules import (
+    DEFAULT_RULES,
+    batch_sharding,
+    logical_shardings,
+    rules_from_config,
+)
 
 __all__ = [
     "DEFAULT_RULES",

@@ -13,7 +13,11 @@ from __future__ import annotations
 import argparse
 
 from imagen_jax.text.builtin import TINY_RANDOM_BYT5
-from imagen_jax.text.embedding_cache import CACHE_DTYPES, embedding_cache_dir, write_embedding_cache
+from imagen_jax.text.embedding_cache import (
+    CACHE_DTYPES,
+    embedding_cache_dir,
+    write_embedding_cache,
+)
 from imagen_jax.text.encoder import DEFAULT_MAX_LENGTH
 
 

@@ -25,7 +25,13 @@ from imagen_jax import config as config_lib
 from imagen_jax.diffusion import SamplerConfig, Schedule
 from imagen_jax.images import make_grid, save_png, to_uint8
 from imagen_jax.models import build_model, dummy_inputs
-from imagen_jax.parallel import batch_axis_size, batch_sharding, initialize, make_mesh, rules_from_config
+from imagen_jax.parallel import (
+    batch_axis_size,
+    batch_sharding,
+    initialize,
+    make_mesh,
+    rules_from_config,
+)
 from imagen_jax.pipeline.stage_sampler import sample_stage
 from imagen_jax.train.checkpoints import Checkpoints, abstract_like
 from imagen_jax.train.hardware import peak_tflops
@@ -74,7 +80,10 @@ def text_embedding_cache(config, encoder) -> str:
     (by process 0, with a progress bar) if it does not exist yet."""
     from imagen_jax.data.sources import open_builder
     from imagen_jax.text.embed_cli import caption_records
-    from imagen_jax.text.embedding_cache import embedding_cache_dir, write_embedding_cache
+    from imagen_jax.text.embedding_cache import (
+        embedding_cache_dir,
+        write_embedding_cache,
+    )
 
     data = config.data
     if data.text_embedding_dir:
