@@ -59,7 +59,13 @@ def caption_records(builder, split: str, caption_key: str):
     features = builder.info.features
     if caption_key not in features:
         raise SystemExit(f"The dataset has no feature {caption_key!r} (it has {sorted(features)}); pass --caption_key.")
-    skip = {name: tfds.decode.SkipDecoding() for name in features if name != caption_key}
+    # Images stay undecoded (the costly part); nested features (dicts, sequences) cannot take
+    # SkipDecoding and are small, so they are decoded.
+    skip = {
+        name: tfds.decode.SkipDecoding()
+        for name, feature in features.items()
+        if name != caption_key and isinstance(feature, tfds.features.Image)
+    }
     return builder.as_data_source(split=split, decoders=skip)
 
 

@@ -247,6 +247,11 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
             f"train.batch_size={global_batch} must be divisible by the {batch_axis_size(mesh)} batch shards "
             f"(mesh data x fsdp) and the {jax.process_count()} processes"
         )
+    if jax.process_index() == 0:  # generate a missing built-in dataset once, before the others open it
+        from imagen_jax.data.sources import open_builder
+
+        open_builder(config.data.name, data_dir=config.data.data_dir or None, prepare_shapes=config.data.prepare_shapes)
+    multihost_utils.sync_global_devices("dataset_prepared")
     encoder = load_text_encoder(config.text.encoder, max_length=config.data.max_text_length)
     if encoder.dim != config.model.text_dim:
         raise ValueError(f"model.text_dim={config.model.text_dim} but the text encoder {encoder.name!r} "
