@@ -65,6 +65,18 @@ def test_host_shards_are_disjoint_and_cover_every_epoch():
             _take(_ids_dataset(num_epochs=2, shuffle=shuffle, process_index=0, process_count=3), 5)
 
 
+def test_global_batches_do_not_depend_on_the_number_of_hosts():
+    """Hosts' batches concatenated in process order = the one-host batch of the same global size,
+    random crops included (they are keyed by the global element index)."""
+    prepare = PrepareExample(image_size=8, crop_size=6, random_crop=True, text="none", keep_caption=True)
+    one = _take(make_dataset(_records(), prepare, batch_size=8, seed=3, process_index=0, process_count=1), 5)
+    hosts = [_take(make_dataset(_records(), prepare, batch_size=4, seed=3, process_index=i, process_count=2), 5)
+             for i in range(2)]
+    for step in range(5):
+        np.testing.assert_array_equal(np.concatenate([h[step]["image"] for h in hosts]), one[step]["image"])
+        assert list(np.concatenate([h[step]["caption"] for h in hosts])) == list(one[step]["caption"])
+
+
 def test_same_seed_same_batches_and_each_epoch_reshuffled():
     first = _take(_ids_dataset(seed=7), 12)  # two epochs
     again = _take(_ids_dataset(seed=7), 12)

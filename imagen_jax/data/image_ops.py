@@ -8,6 +8,7 @@ factor when downsampling. Crops are taken as a source-space box handed to
 from __future__ import annotations
 
 import io
+import math
 
 import numpy as np
 from PIL import Image
@@ -82,11 +83,14 @@ def crop_box(width: int, height: int, image_size: int, crop_size: int, offset: t
     Returns (box, resized_width, resized_height).
     """
     scale = image_size / min(width, height)
-    resized_w, resized_h = max(image_size, round(width * scale)), max(image_size, round(height * scale))
+    # Floor, not round: every crop box must stay inside the source image (a rounded-up
+    # resized side let a random crop reach past the right or bottom edge).
+    resized_w = max(image_size, math.floor(width * scale + 1e-6))
+    resized_h = max(image_size, math.floor(height * scale + 1e-6))
     if offset is None:
         offset = ((resized_w - crop_size) // 2, (resized_h - crop_size) // 2)
     x, y = offset
-    box = (x / scale, y / scale, (x + crop_size) / scale, (y + crop_size) / scale)
+    box = (x / scale, y / scale, min((x + crop_size) / scale, width), min((y + crop_size) / scale, height))
     return box, resized_w, resized_h
 
 

@@ -3,13 +3,14 @@
 Order of operations (a Grain MapDataset up to to_iter_dataset, so every step before
 it is a pure function of the element index):
   source -> seed -> shuffle (a fresh permutation per epoch) -> repeat (num_epochs, 0:
-  forever) -> take this host's elements [process_index::process_count] -> PrepareExample
-  (seeded per element) -> batch (per-host batch, remainder dropped; compact dtypes) ->
+  forever) -> PrepareExample (seeded per global element index) -> this host's blocks
+  (host p takes elements [p b, (p + 1) b) of every global batch of b x process_count, see
+  host_blocks.py) -> batch (per-host batch; compact dtypes) ->
   TokenizeCaptions -> to_iter_dataset (read threads) -> mp_prefetch (worker processes)
   -> FinishBatch (float32 model inputs, in a prefetch thread of the consumer process).
 Because the global stream is shuffled before it is dealt to hosts, hosts see disjoint
-elements that together cover each epoch, and each epoch mixes across hosts (with a
-finite num_epochs, host batch counts can differ by one when the total does not divide).
+elements, each epoch mixes across hosts, and the global batch (hosts' batches in process
+order) is the same whatever the number of hosts; a final partial global batch is dropped.
 Workers take whole batches round-robin, so batches do not depend on the number of
 workers. A tokenizer runs in the workers, so it must be picklable. Close an iterator
 that has workers (`it.close()`) when done with it.
@@ -36,6 +37,7 @@ import grain
 import jax
 import ml_collections
 
+from imagen_jax.data.host_blocks import HostBlocksMapDataset
 from imagen_jax.data.sources import (
     RandomAccessSource,
     RecordsWithTextEmbeddings,
@@ -102,8 +104,10 @@ def make_dataset(
     if shuffle:
         dataset = dataset.shuffle()
     dataset = dataset.repeat(num_epochs or None)
-    dataset = dataset[process_index::process_count]
+    # Per-element randomness (crops) is keyed by the GLOBAL stream index, before hosts take
+    # their blocks: the global batches do not depend on the number of hosts.
     dataset = dataset.random_map(prepare)
+    dataset = HostBlocksMapDataset(dataset, block=batch_size, index=process_index, count=process_count)
     dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=BatchExamples())
     if prepare.text == "tokens":
         dataset = dataset.map(
