@@ -31,7 +31,8 @@ class Checkpoints:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
-            save_interval_steps=save_every,
+            # Exactly every `save_every` steps (orbax's default would also save the first step).
+            save_decision_policy=ocp.checkpoint_managers.FixedIntervalPolicy(save_every),
             enable_async_checkpointing=async_save,
             create=True,
         )

@@ -1,0 +1,209 @@
+"""The training loop end to end: exact resume after SIGKILL, SIGTERM, two processes, config
+mismatch, divergence. Runs `imagen-jax train` in subprocesses on a tiny 16 px model."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from imagen_jax.config import apply_overrides, load_config
+from imagen_jax.train.loop import ConfigMismatchError, check_workdir_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = str(REPO / "configs" / "shapes_base32.py")
+
+
+def tiny_overrides(data_dir, steps=12, **extra):
+    overrides = {
+        "resolution": 16,
+        "data.image_size": 16,
+        "data.name": "imagen_shapes/16px_seed0_train64_test8",
+        "data.data_dir": str(data_dir),
+        "data.num_workers": 0,
+        "model.channels": 8,
+        "model.channel_mult": "(1, 2)",
+        "model.head_dim": 8,
+        "model.embed_dim": 32,
+        "model.noise_sinusoid_dim": 16,
+        "model.norm_groups": 4,
+        "model.text_pool_heads": 2,
+        "train.steps": steps,
+        "train.batch_size": 8,
+        "train.log_every": 1,
+        "train.sample_every": 0,
+        "checkpoint.every": 3,
+        "optimizer.warmup_steps": 2,
+        "optimizer.total_steps": 12,
+    }
+    overrides.update(extra)
+    return [f"--config.{k}={v}" for k, v in overrides.items()]
+
+
+CACHE_DIR = None  # a persistent compilation cache shared by this module's runs (set by a fixture)
+
+
+def env(devices=1, **extra):
+    out = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+               PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    if CACHE_DIR:
+        out.update(JAX_COMPILATION_CACHE_DIR=str(CACHE_DIR), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+    out.update(extra)
+    return out
+
+
+def train_cmd(workdir, overrides, *flags):
+    return [sys.executable, "-m", "imagen_jax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
+            "--no-progress", *flags, *overrides]
+
+
+def run_train(workdir, overrides, *flags, devices=1, timeout=600):
+    proc = subprocess.run(train_cmd(workdir, overrides, *flags), env=env(devices), capture_output=True, text=True,
+                          timeout=timeout, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return proc
+
+
+def committed_steps(workdir):
+    root = Path(workdir) / "checkpoints"
+    if not root.exists():
+        return []
+    return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
+
+
+def saved_params(workdir, step):
+    """(param leaves, step) of a saved state, restored whole onto this process's first device."""
+    path = Path(workdir) / "checkpoints" / str(step) / "state"
+    checkpointer = ocp.StandardCheckpointer()
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                                    checkpointer.metadata(path).item_metadata)
+    state = checkpointer.restore(path, target)
+    return jax.tree_util.tree_leaves(state["params"]), int(state["step"])
+
+
+def saved_data_state(workdir, step):
+    return json.loads((Path(workdir) / "checkpoints" / str(step) / "data" / "process_0-of-1.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    global CACHE_DIR
+    CACHE_DIR = tmp_path_factory.mktemp("jax_cache")  # the runs share compiled programs
+    return tmp_path_factory.mktemp("data")
+
+
+@pytest.fixture(scope="module")
+def straight_run(data_dir, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("straight")
+    run_train(workdir, tiny_overrides(data_dir, steps=12))
+    return workdir
+
+
+def wait_for_checkpoint(proc, workdir, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if committed_steps(workdir):
+            return committed_steps(workdir)[-1]
+        if proc.poll() is not None:
+            raise AssertionError(f"training exited early: {proc.stderr.read()[-4000:]}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint appeared")
+
+
+def test_exact_resume_after_sigkill(straight_run, data_dir, tmp_path):
+    workdir = tmp_path / "killed"
+    proc = subprocess.Popen(train_cmd(workdir, tiny_overrides(data_dir, steps=1000)), env=env(), cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_checkpoint(proc, workdir)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+    resumed_from = committed_steps(workdir)[-1]
+    assert 3 <= resumed_from < 12
+    # Resume to step 12 (train.steps differs from the killed run's: --override).
+    run_train(workdir, tiny_overrides(data_dir, steps=12), "--override")
+    straight, step_a = saved_params(straight_run, 12)
+    resumed, step_b = saved_params(workdir, 12)
+    assert step_a == step_b == 12
+    for a, b in zip(straight, resumed):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert saved_data_state(straight_run, 12) == saved_data_state(workdir, 12)  # same data order
+    lines = [json.loads(x) for x in (Path(straight_run) / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, 13)) and all(np.isfinite(x["loss"]) for x in lines)
+
+
+def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
+    workdir = tmp_path / "preempted"
+    proc = subprocess.Popen(train_cmd(workdir, tiny_overrides(data_dir, steps=1000)), env=env(), cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = wait_for_checkpoint(proc, workdir)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 0, stderr[-3000:]
+    last = committed_steps(workdir)[-1]
+    assert first <= last < 1000
+    _, step = saved_params(workdir, last)
+    assert step == last  # the checkpoint holds the state at the step where it stopped
+    logged = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert logged[-1] == last
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(data_dir, tmp_path):
+    one = tmp_path / "one_process"
+    run_train(one, tiny_overrides(data_dir, steps=3), devices=2)  # 1 process, 2 devices, global batch 8
+    two = tmp_path / "two_processes"
+    port = free_port()
+    procs = [
+        subprocess.Popen(
+            train_cmd(two, tiny_overrides(data_dir, steps=3)),
+            env=env(1, IMAGEN_JAX_COORDINATOR=f"127.0.0.1:{port}", IMAGEN_JAX_NUM_PROCESSES="2",
+                    IMAGEN_JAX_PROCESS_ID=str(i), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    for p in procs:
+        _, err = p.communicate(timeout=600)
+        assert p.returncode == 0, err[-4000:]
+    a, _ = saved_params(one, 3)
+    b, _ = saved_params(two, 3)
+    for x, y in zip(a, b):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+
+
+def test_config_mismatch_is_refused(tmp_path):
+    config = load_config(CONFIG)
+    check_workdir_config(config, str(tmp_path), override=False)  # new run: writes config.json
+    changed = apply_overrides(load_config(CONFIG), ["optimizer.peak_lr=0.5"])
+    with pytest.raises(ConfigMismatchError, match=r"(?s)optimizer.peak_lr: 0.001 -> 0.5.*--override"):
+        check_workdir_config(changed, str(tmp_path), override=False)
+    check_workdir_config(changed, str(tmp_path), override=True)
+    assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["peak_lr"] == 0.5
+
+
+def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(data_dir, tmp_path):
+    overrides = tiny_overrides(data_dir, steps=40, **{"optimizer.peak_lr": 1e30, "optimizer.warmup_steps": 0,
+                                                      "train.max_nonfinite_streak": 3})
+    proc = subprocess.run(train_cmd(tmp_path, overrides), env=env(), capture_output=True, text=True, timeout=600,
+                          cwd=REPO)
+    assert proc.returncode == 1
+    assert "non-finite losses in a row" in proc.stderr and "peak_lr" in proc.stderr
+    steps = committed_steps(tmp_path)
+    if steps:  # whatever was committed before divergence is a whole, finite checkpoint
+        leaves, _ = saved_params(tmp_path, steps[-1])
+        assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
