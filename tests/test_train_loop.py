@@ -170,8 +170,8 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
     two = tmp_path / "two_processes"
     port = free_port()
     procs = [
-        subprocess.Popen(
-            train_cmd(two, tiny_overrides(data_dir, steps=3)),
+        subprocess.Popen(  # with a sample grid: sampling runs on global params across processes
+            train_cmd(two, tiny_overrides(data_dir, steps=3, **{"train.sample_every": 3, "sampling.num_steps": 4})),
             env=env(1, IMAGEN_JAX_COORDINATOR=f"127.0.0.1:{port}", IMAGEN_JAX_NUM_PROCESSES="2",
                     IMAGEN_JAX_PROCESS_ID=str(i), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -184,6 +184,7 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
     b, _ = saved_params(two, 3)
     for x, y in zip(a, b):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
+    assert (two / "samples" / "step_0000003.png").exists()
 
 
 def test_config_mismatch_is_refused(tmp_path):

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 from imagen_jax import config as config_lib
 from imagen_jax.diffusion import SamplerConfig, Schedule
@@ -119,13 +120,23 @@ def _flops_per_device(compiled) -> float:
 
 
 class Preemption:
-    """Turns SIGTERM into a flag read at step boundaries (the previous handler is restored)."""
+    """SIGTERM read at step boundaries. One process: our own handler sets a flag (the previous
+    handler is restored on exit). Several: JAX's coordination service gets the signal and
+    `reached_preemption_sync_point` makes every host stop at the SAME step."""
 
-    def __init__(self):
+    def __init__(self, enabled: bool = True):
+        self.enabled = enabled
         self.requested = False
         self._previous = None
 
+    def requested_at(self, step: int) -> bool:
+        if self.enabled:
+            return self.requested
+        return multihost_utils.reached_preemption_sync_point(step)
+
     def __enter__(self):
+        if not self.enabled:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # not the main thread: no signal handling
@@ -206,16 +217,20 @@ def _cache_source(config, encoder):
     return EmbeddingCacheSource(text_embedding_cache(config, encoder))
 
 
-def write_sample_grid(config, model, params, preview, step: int, workdir: str, writer: MetricsWriter) -> str | None:
-    """Sample the preview prompts with `params` (the EMA) and save a PNG grid; returns its path."""
+def write_sample_grid(config, model, params, preview, step: int, workdir: str, writer: MetricsWriter,
+                      mesh) -> str | None:
+    """Sample the preview prompts with `params` (the EMA) and save a PNG grid; returns its path.
+    Every process runs it (the params are global arrays); the inputs are replicated on `mesh`."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    put = lambda name: jax.device_put(np.asarray(preview[name]), replicated)  # noqa: E731
     images = sample_stage(
-        model, params, jnp.asarray(preview["text_embedding"]), jnp.asarray(preview["text_mask"]),
+        model, params, put("text_embedding"), put("text_mask"),
         jax.random.key(config.seed), image_size=config.resolution, sampler=sampler_config(config),
         guidance_weight=float(config.sampling.guidance_weight),
-        low_res=None if "low_res" not in preview else jnp.asarray(preview["low_res"]),
+        low_res=put("low_res") if "low_res" in preview else None,
         aug_level=float(config.sampling.get("aug_level", 0.0)),
     )
-    cells = to_uint8(jax.device_get(images))
+    cells = to_uint8(multihost_utils.process_allgather(images, tiled=True))
     columns = None
     if "low_res" in preview:  # rows of (low-res, sample, truth)
         factor = config.resolution // preview["low_res"].shape[1]
@@ -300,7 +315,7 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
     bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0, desc="train",
                dynamic_ncols=True)
     try:
-        with Preemption() as preemption:
+        with Preemption(enabled=jax.process_count() == 1) as preemption:
             tick, tick_step = time.perf_counter(), start
             step = start
             while step < total:
@@ -330,8 +345,8 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
                         )
                 saved = checkpoints.save(step, state, config_json, iterator, force=step == total)
                 if config.train.sample_every and (step % config.train.sample_every == 0 or step == total):
-                    write_sample_grid(config, model, state.ema_params, preview, step, workdir, writer)
-                if preemption.requested:
+                    write_sample_grid(config, model, state.ema_params, preview, step, workdir, writer, mesh)
+                if preemption.requested_at(step):
                     log.warning("SIGTERM: saving step %d and stopping", step)
                     if not saved:
                         checkpoints.save(step, state, config_json, iterator, force=True)
