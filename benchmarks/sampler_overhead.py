@@ -12,9 +12,6 @@ Prints a table and writes JSON (one row per configuration; times are medians).
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 
@@ -22,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from imagen_jax.diffusion import SamplerConfig, sample
+from results_io import write_results
 
 
 def trivial_model(z, logsnr, cond):
@@ -83,19 +81,7 @@ def main():
             f"{'x'.join(map(str, r['shape'])):>16} {r['kind']:>17} {r['threshold']:>9} {str(r['guided']):>6} "
             f"{r['first_call_s']:>12.2f} {r['per_step_ms']:>9.3f} {r['per_step_per_image_us']:>11.1f}"
         )
-    meta = {
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()][:1],
-        "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "jax": jax.__version__,
-    }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"wrote {args.out}")
-
+    write_results(args.out, {"rows": rows})
 
 if __name__ == "__main__":
     main()

@@ -15,9 +15,6 @@ Prints a table and writes JSON; times are medians over --repeats after one warm-
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import statistics
 import time
 
@@ -28,6 +25,7 @@ import numpy as np
 from imagen_jax.text import TextEncoder, init_params, load_text_encoder
 from imagen_jax.text.config import T5_V1_1_CONFIGS
 from imagen_jax.text.tokenizer import byt5_tokenizer
+from results_io import write_results
 
 WORDS = "a the red blue green small large circle square triangle left right above below of on two three".split()
 
@@ -112,19 +110,7 @@ def main():
             f"{r['encoder']:>18} {r['params'] / 1e6:>7.1f}M {r['batch']:>5} {r['max_length']:>4} {r['dtype']:>8} "
             f"{r['prompts_per_s']:>10.1f} {r['device_prompts_per_s']:>16.1f} {r['device_tflops']:>8.3f}"
         )
-    meta = {
-        "backend": jax.default_backend(),
-        "devices": [str(d) for d in jax.devices()][:1],
-        "device_count": jax.device_count(),
-        "cpu_count": os.cpu_count(),
-        "machine": platform.machine(),
-        "jax": jax.__version__,
-    }
-    os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump({"meta": meta, "rows": rows}, f, indent=1)
-    print(f"wrote {args.out}")
-
+    write_results(args.out, {"rows": rows})
 
 if __name__ == "__main__":
     main()

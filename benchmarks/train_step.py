@@ -13,7 +13,6 @@ Prints a table and writes JSON (default benchmarks/results/train_step_<preset>_<
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import time
 from pathlib import Path
@@ -29,8 +28,7 @@ from imagen_jax.train.loop import _flops_per_device, abstract_batch
 from imagen_jax.train.optimizers import make_optimizer
 from imagen_jax.train.state import create_sharded_state
 from imagen_jax.train.step import make_train_step
-
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+from results_io import RESULTS_DIR, write_results
 
 
 def synthetic_batch(specs, shardings, seed=0):
@@ -109,9 +107,7 @@ def main():
     print(f"{Path(args.config).stem:>28} {row['backend']:>8} {batch:>6} {row['params']:>12,} {step_s:>8.3f} "
           f"{row['images_per_sec']:>8.1f} {row['tflops_per_device']:>11.3f} {mfu:>6}")
     out = Path(args.out) if args.out else RESULTS_DIR / f"train_step_{Path(args.config).stem}_{row['backend']}_b{batch}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(row, indent=1))
-    print(f"wrote {out}")
+    write_results(out, row)
 
 
 if __name__ == "__main__":
