@@ -17,9 +17,9 @@ import time
 
 import jax
 import jax.numpy as jnp
+from results_io import write_results
 
 from imagen_jax.diffusion import SamplerConfig, sample
-from results_io import write_results
 
 
 def trivial_model(z, logsnr, cond):

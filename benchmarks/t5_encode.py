@@ -21,11 +21,11 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+from results_io import write_results
 
 from imagen_jax.text import TextEncoder, init_params, load_text_encoder
 from imagen_jax.text.config import T5_V1_1_CONFIGS
 from imagen_jax.text.tokenizer import byt5_tokenizer
-from results_io import write_results
 
 WORDS = "a the red blue green small large circle square triangle left right above below of on two three".split()
 

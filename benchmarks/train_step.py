@@ -19,16 +19,12 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from results_io import RESULTS_DIR, write_results
 
 from imagen_jax.config import apply_overrides, load_config
-from imagen_jax.models import build_model, dummy_inputs
-from imagen_jax.parallel import batch_sharding, make_mesh, rules_from_config
+from imagen_jax.parallel import make_mesh, rules_from_config
 from imagen_jax.train.hardware import peak_tflops
-from imagen_jax.train.loop import _flops_per_device, abstract_batch
-from imagen_jax.train.optimizers import make_optimizer
-from imagen_jax.train.state import create_sharded_state
-from imagen_jax.train.step import make_train_step
-from results_io import RESULTS_DIR, write_results
+from imagen_jax.train.loop import compile_training
 
 
 def synthetic_batch(specs, shardings, seed=0):
@@ -58,19 +54,11 @@ def main():
         config.data.max_text_length = args.text_length
     batch = args.batch or config.train.batch_size
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-    model = build_model(config.model)
-    optimizer, schedule = make_optimizer(config.optimizer)
-    inputs = dummy_inputs(config, batch=1, text_length=config.data.max_text_length)
     start = time.perf_counter()
-    state, shardings = create_sharded_state(lambda r: model.init(r, **inputs)["params"], optimizer,
-                                            jax.random.key(0), mesh, rules_from_config(config.mesh.get("rules")))
-    specs = abstract_batch(config, batch, config.model.text_dim)
-    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in specs.items()}
-    step = make_train_step(model, optimizer, schedule, config)
-    compiled = (jax.jit(step, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None),
-                        donate_argnums=0).lower(state, specs, jax.random.key(1)).compile())
+    program = compile_training(config, mesh, rules_from_config(config.mesh.get("rules")), batch, jax.random.key(0))
+    state, compiled, specs = program.state, program.step, program.batch_specs
     compile_s = time.perf_counter() - start
-    data = synthetic_batch(specs, batch_shardings)
+    data = synthetic_batch(specs, program.batch_shardings)
     key = jax.random.key(1)
     state, metrics = compiled(state, data, key)
     jax.block_until_ready(metrics)
@@ -81,7 +69,7 @@ def main():
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
-    flops = _flops_per_device(compiled)
+    flops = program.flops_per_device
     device = jax.devices()[0]
     peak = peak_tflops(device.device_kind)
     row = {

@@ -10,11 +10,13 @@ log, sample grids, periodic async checkpoints, and a final checkpoint. SIGTERM
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
 import signal
 import time
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +39,7 @@ from imagen_jax.pipeline.stage_sampler import sample_stage
 from imagen_jax.train.checkpoints import Checkpoints, abstract_like
 from imagen_jax.train.hardware import peak_tflops
 from imagen_jax.train.optimizers import make_optimizer
-from imagen_jax.train.state import create_sharded_state
+from imagen_jax.train.state import TrainState, create_sharded_state
 from imagen_jax.train.step import make_train_step
 
 log = logging.getLogger("imagen_jax.train")
@@ -245,6 +247,41 @@ def write_sample_grid(config, model, params, preview, step: int, workdir: str, w
     return path
 
 
+@dataclasses.dataclass
+class TrainingProgram:
+    """A stage's model, its fresh sharded state and the train step compiled for one global batch."""
+
+    model: Any
+    state: TrainState
+    shardings: Any
+    batch_specs: dict
+    batch_shardings: dict
+    step: Any  # compiled: (state, batch, key) -> (state, metrics), state donated
+    flops_per_device: float
+
+
+def compile_training(config, mesh, rules, global_batch: int, init_key) -> TrainingProgram:
+    """Build the model and optimizer from `config`, create the state sharded on `mesh`, and
+    compile the train step ahead of time with in/out shardings and donation."""
+    model = build_model(config.model)
+    optimizer, lr_schedule = make_optimizer(config.optimizer)
+    init_inputs = dummy_inputs(config, batch=1, text_length=config.data.max_text_length)
+    state, shardings = create_sharded_state(
+        lambda rng: model.init(rng, **init_inputs)["params"], optimizer, init_key, mesh, rules
+    )
+    batch_specs = abstract_batch(config, global_batch, config.model.text_dim)
+    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_specs.items()}
+    step_fn = make_train_step(model, optimizer, lr_schedule, config)
+    compiled = (
+        jax.jit(step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None),
+                donate_argnums=0)
+        .lower(state, batch_specs, jax.random.key(0))
+        .compile()
+    )
+    return TrainingProgram(model, state, shardings, batch_specs, batch_shardings, compiled,
+                           _flops_per_device(compiled))
+
+
 def train(config, workdir: str, *, override: bool = False, progress: bool = True) -> dict:
     """Train one stage to config.train.steps; resumable. Returns the last logged metrics."""
     from imagen_jax.data.pipeline import dataset_from_config
@@ -272,13 +309,11 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
         raise ValueError(f"model.text_dim={config.model.text_dim} but the text encoder {encoder.name!r} "
                          f"outputs {encoder.dim}; set --config.model.text_dim={encoder.dim}")
 
-    model = build_model(config.model)
-    optimizer, lr_schedule = make_optimizer(config.optimizer)
     root = jax.random.key(config.seed)
-    init_inputs = dummy_inputs(config, batch=1, text_length=config.data.max_text_length)
-    state, shardings = create_sharded_state(
-        lambda rng: model.init(rng, **init_inputs)["params"], optimizer, jax.random.fold_in(root, 0), mesh, rules
-    )
+    program = compile_training(config, mesh, rules, global_batch, jax.random.fold_in(root, 0))
+    model, state, shardings, compiled = program.model, program.state, program.shardings, program.step
+    batch_specs, batch_shardings, flops = program.batch_specs, program.batch_shardings, program.flops_per_device
+    train_key = jax.random.fold_in(root, 1)
 
     dataset = dataset_from_config(config.data, batch_size=global_batch // jax.process_count(),
                                   text_embeddings=_cache_source(config, encoder))
@@ -292,17 +327,6 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
         state, _ = checkpoints.restore(start, abstract_like(state_shapes, shardings), iterator)
         log.info("resumed from step %d", start)
 
-    batch_specs = abstract_batch(config, global_batch, encoder.dim)
-    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_specs.items()}
-    step_fn = make_train_step(model, optimizer, lr_schedule, config)
-    train_key = jax.random.fold_in(root, 1)
-    compiled = (
-        jax.jit(step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None),
-                donate_argnums=0)
-        .lower(state, batch_specs, train_key)
-        .compile()
-    )
-    flops = _flops_per_device(compiled)
     peak = peak_tflops(jax.devices()[0].device_kind)
     preview = preview_inputs(config, encoder) if config.train.sample_every else None
     writer = MetricsWriter(workdir)
