@@ -121,3 +121,15 @@ def test_tfds_array_record_round_trip(tmp_path):
             np.testing.assert_allclose(np.reshape(objects["center"], (-1, 2)), [o.center for o in scene.objects])
     # Preparing again reuses the files; a different seed is a different dataset.
     assert prepare_shapes(24, num_train=10, num_test=3, seed=5, data_dir=tmp_path).data_dir == builder.data_dir
+
+
+def test_builder_accepts_a_copy_of_a_standard_config(tmp_path):
+    """Grain workers unpickle builders with a COPY of their config; for a standard config
+    name TFDS would refuse it as a custom config with a taken name."""
+    import copy
+
+    from imagen_jax.data.shapes_builder import ImagenShapes
+
+    registered = ImagenShapes.builder_configs["32px"]
+    builder = ImagenShapes(config=copy.deepcopy(registered), data_dir=str(tmp_path))
+    assert builder.builder_config is registered

@@ -164,9 +164,14 @@ class ImagenShapes(tfds.core.GeneratorBasedBuilder):
         # Python < 3.9; without it every packaged builder fails. This file is the code path.
         return epath.Path(__file__)
 
-    def __init__(self, *, num_workers: int = 1, **kwargs):
+    def __init__(self, *, num_workers: int = 1, config=None, **kwargs):
         self._num_workers = max(1, int(num_workers))
-        super().__init__(**kwargs)
+        # A builder rebuilt from a pickle (e.g. in a Grain worker process) carries a COPY of
+        # its standard config, which TFDS refuses as a custom config with a taken name: map an
+        # equal copy back to the registered instance.
+        if isinstance(config, tfds.core.BuilderConfig) and self.builder_configs.get(config.name) == config:
+            config = self.builder_configs[config.name]
+        super().__init__(config=config, **kwargs)
 
     def _info(self) -> tfds.core.DatasetInfo:
         resolution = self.builder_config.resolution
