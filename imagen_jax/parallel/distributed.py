@@ -40,8 +40,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
                                   ("process_id", process_id)) if v is None]
         if missing:
             raise ValueError(
-                f"multi-host: {', '.join(missing)} missing; give all three of --coordinator host:port, "
-                "--num-processes N and --process-id I (or IMAGEN_JAX_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID)"
+                f"multi-host: {', '.join(missing)} missing; set all three of IMAGEN_JAX_COORDINATOR (host:port), "
+                "IMAGEN_JAX_NUM_PROCESSES and IMAGEN_JAX_PROCESS_ID (or pass all three to initialize())"
             )
         jax.distributed.initialize(coordinator, num_processes, process_id)
     elif _cluster_detected():
