@@ -52,3 +52,13 @@ def test_rules_from_config_accepts_json_lists():
     rules = rules_from_config([["batch", ["data", "fsdp"]], ["embed", "fsdp"], ["mlp", None]])
     assert rules == (("batch", ("data", "fsdp")), ("embed", "fsdp"), ("mlp", None))
     assert rules_from_config(None) == DEFAULT_RULES
+
+
+def test_partial_multihost_settings_are_one_clear_error(monkeypatch):
+    from imagen_jax.parallel import initialize
+
+    monkeypatch.setenv("IMAGEN_JAX_COORDINATOR", "127.0.0.1:1234")
+    monkeypatch.delenv("IMAGEN_JAX_NUM_PROCESSES", raising=False)
+    monkeypatch.delenv("IMAGEN_JAX_PROCESS_ID", raising=False)
+    with pytest.raises(ValueError, match="num_processes, process_id missing.*IMAGEN_JAX_NUM_PROCESSES"):
+        initialize()
