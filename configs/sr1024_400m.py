@@ -4,37 +4,15 @@ on 64 -> 256 crops and runs fully convolutionally at 1024 (set resolution / low_
 in the training config accordingly)."""
 
 import ml_collections
+import sr256_600m
 
 
 def get_config() -> ml_collections.ConfigDict:
-    config = ml_collections.ConfigDict()
-    config.stage = "sr"
+    """SPEC 4: the sr256 configuration without self-attention, with text cross-attention kept."""
+    config = sr256_600m.get_config()
     config.resolution = 1024
     config.low_res_resolution = 256
-    config.model = ml_collections.ConfigDict(
-        dict(
-            family="efficient_unet",
-            channels=(128, 256, 512, 1024),
-            num_res_blocks=(2, 4, 8, 8),
-            strides=(2, 2, 2, 2),
-            attention=("none", "none", "none", "cross"),
-            attention_every_block=False,
-            num_heads=8,
-            head_dim=None,
-            embed_dim=1024,
-            noise_sinusoid_dim=256,
-            text_dim=4096,  # T5-XXL
-            text_pool_heads=16,
-            text_context_dim=1024,
-            norm_groups=32,
-            dropout=0.0,
-            out_channels=3,
-            low_res_conditioning=True,
-            low_res_resize="bilinear",
-            dtype="bfloat16",
-            param_dtype="float32",
-            remat=True,
-            attention_implementation="auto",
-        )
-    )
+    config.model.attention = ("none", "none", "none", "cross")
+    config.model.attention_every_block = False
+    config.model.text_context_dim = 1024  # one shared projection of the T5 output
     return config
