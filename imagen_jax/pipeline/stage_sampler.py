@@ -1,5 +1,8 @@
 """One cascade stage's sampler as a pure function of (params, text, key): the library API
 for import use (SPEC 3: guidance, thresholding; SR: noise conditioning augmentation).
+
+    stage = StageConfig.from_config(train_config)          # static, hashable
+    images = sample(params, text_embedding, text_mask, key, config=stage, low_res=...)
 """
 
 from __future__ import annotations
@@ -10,7 +13,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from imagen_jax.diffusion import SamplerConfig, Schedule, null_text, q_sample, sample
+from imagen_jax.diffusion import SamplerConfig, Schedule, null_text, q_sample
+from imagen_jax.diffusion import sample as run_sampler
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,6 +27,70 @@ class ModelFn:
 
     def __call__(self, params, z, logsnr, cond):
         return self.model.apply({"params": params}, z, logsnr, **cond)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """Everything static about sampling one stage (hashable: a compile-cache key).
+
+    model: the stage's flax module. image_size: output side (an SR stage may sample at a
+    larger size than it trained on: its UNet is convolutional, SPEC 4 sr1024).
+    low_res_size: the side of the conditioning image it expects (0: a base stage).
+    guidance_weight: Imagen's w (1 = no guidance, SPEC 3). aug_level: SR noise-conditioning
+    level in [0, 1] of `aug_schedule` (0 = clean input; SPEC 3: 0 best FID, 0.1-0.3 best looking).
+    """
+
+    model: Any
+    image_size: int
+    low_res_size: int = 0
+    sampler: SamplerConfig = SamplerConfig()
+    guidance_weight: float = 1.0
+    aug_level: float = 0.0
+    aug_schedule: Schedule = Schedule("cosine")
+    channels: int = 3
+
+    def __post_init__(self):
+        if self.image_size < 1 or self.low_res_size < 0:
+            raise ValueError(f"image_size must be >= 1 and low_res_size >= 0, got {self.image_size}, {self.low_res_size}.")
+        if not 0.0 <= self.aug_level <= 1.0:
+            raise ValueError(f"aug_level is a time in [0, 1], got {self.aug_level}.")
+
+    @property
+    def is_super_resolution(self) -> bool:
+        return self.low_res_size > 0
+
+    @classmethod
+    def from_config(cls, config, **changes) -> StageConfig:
+        """From a stage's training config (ConfigDict or the dict in a workdir's config.json):
+        the model, its `sampling` section (sampler, num_steps, threshold, guidance_weight,
+        aug_level; image_size defaults to the training resolution) and its diffusion schedule.
+        `changes` replace fields: sampler=..., guidance_weight=..., ..."""
+        from imagen_jax.models import build_model
+
+        get = lambda section, key, default=None: (config.get(section) or {}).get(key, default)  # noqa: E731
+        schedule = Schedule.from_config(config["diffusion"]["schedule"])
+        sampler = SamplerConfig(
+            kind=get("sampling", "sampler", "dpm_solver_pp_2m"),
+            num_steps=int(get("sampling", "num_steps", 32)),
+            schedule=schedule,
+            prediction=get("diffusion", "prediction", "eps"),
+            threshold=get("sampling", "threshold", "dynamic"),
+        )
+        stage = config.get("stage", "base")
+        fields = dict(
+            model=build_model(config["model"]),
+            image_size=int(get("sampling", "image_size", 0) or config["resolution"]),
+            low_res_size=int(config["low_res_resolution"]) if stage == "sr" else 0,
+            sampler=sampler,
+            guidance_weight=float(get("sampling", "guidance_weight", 1.0)),
+            aug_level=float(get("sampling", "aug_level", 0.0)),
+            aug_schedule=Schedule.from_config(get("diffusion", "aug_schedule", {"kind": "cosine"})),
+            channels=int(config["model"].get("out_channels", 3)),
+        )
+        unknown = sorted(set(changes) - set(fields))
+        if unknown:
+            raise ValueError(f"Unknown stage setting(s) {unknown}; valid: {sorted(fields)}.")
+        return cls(**{**fields, **changes})
 
 
 def sample_stage(
@@ -58,7 +126,7 @@ def sample_stage(
         cond = dict(cond, low_res=noisy, aug_logsnr=aug_logsnr)
         uncond = dict(uncond, low_res=noisy, aug_logsnr=aug_logsnr)
     use_guidance = not (isinstance(guidance_weight, (int, float)) and guidance_weight == 1.0)
-    return sample(
+    return run_sampler(
         jax.tree_util.Partial(ModelFn(model), params),
         sample_key,
         (batch, image_size, image_size, channels),
@@ -66,4 +134,24 @@ def sample_stage(
         cond=cond,
         uncond=uncond if use_guidance else None,
         guidance_weight=guidance_weight,
+    )
+
+
+def sample(params, text_embedding, text_mask, key, *, config: StageConfig, low_res=None):
+    """One stage: images [B, S, S, C] float32 in [-1, 1], S = config.image_size.
+
+    text_embedding [B, L, D] float, text_mask [B, L] bool (from TextEncoder.encode); key a
+    jax PRNG key; low_res [B, h, w, C] in [-1, 1] for an SR stage (the previous stage's
+    output; the UNet resizes it to S). Pure: same inputs, same images.
+    """
+    if config.is_super_resolution and low_res is None:
+        raise ValueError("This is a super-resolution stage: pass low_res=[B, h, w, 3] (the previous stage's images).")
+    if not config.is_super_resolution and low_res is not None:
+        raise ValueError("This is a base stage: it takes no low_res input.")
+    if low_res is not None and low_res.shape[0] != text_embedding.shape[0]:
+        raise ValueError(f"low_res has {low_res.shape[0]} images for {text_embedding.shape[0]} text embeddings.")
+    return sample_stage(
+        config.model, params, text_embedding, text_mask, key,
+        image_size=config.image_size, sampler=config.sampler, guidance_weight=config.guidance_weight,
+        low_res=low_res, aug_level=config.aug_level, aug_schedule=config.aug_schedule, channels=config.channels,
     )

@@ -1,0 +1,193 @@
+"""The cascade end to end on tiny random stages: workdirs -> EMA params -> text -> base ->
+SR; shapes, dtypes, determinism; the `imagen-jax sample` CLI and its errors; safe names."""
+
+import json
+import os
+
+import flax.linen as nn
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from imagen_jax.cli import main
+from imagen_jax.config import to_dict
+from imagen_jax.images import to_uint8
+from imagen_jax.models import abstract_params, build_model
+from imagen_jax.pipeline import Cascade, StageConfig, WorkdirError, sample
+from imagen_jax.pipeline.outputs import image_file_names, prompt_slug
+from imagen_jax.train import make_optimizer
+from imagen_jax.train.checkpoints import Checkpoints
+from imagen_jax.train.loop import check_workdir_config
+from imagen_jax.train.state import init_state
+
+TEXT_LEN = 40
+PROMPTS = ["a red circle", "a blue square on a white background", "a green triangle"]
+
+
+def tiny_stage_config(stage: str) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.stage = stage
+    config.seed = 0
+    config.resolution = 16 if stage == "base" else 32
+    common = dict(text_dim=256, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2, norm_groups=4)
+    if stage == "base":
+        config.model = ml_collections.ConfigDict(dict(
+            family="unet", channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
+            head_dim=8, **common))
+    else:
+        config.low_res_resolution = 16
+        config.model = ml_collections.ConfigDict(dict(
+            family="efficient_unet", channels=(8, 16), num_res_blocks=(1, 1), strides=(2, 2),
+            attention=("none", "self"), num_heads=2, low_res_conditioning=True, **common))
+    config.text = ml_collections.ConfigDict(dict(encoder="tiny-random-byt5", cache_dtype="float16"))
+    config.data = ml_collections.ConfigDict(dict(max_text_length=TEXT_LEN))
+    config.diffusion = ml_collections.ConfigDict(dict(schedule=dict(kind="cosine"), prediction="eps",
+                                                      aug_schedule=dict(kind="cosine")))
+    config.optimizer = ml_collections.ConfigDict(dict(name="adam", peak_lr=1e-3, warmup_steps=1, total_steps=10))
+    config.sampling = ml_collections.ConfigDict(dict(sampler="ddim", num_steps=3, threshold="dynamic",
+                                                     guidance_weight=3.0, aug_level=0.1 if stage == "sr" else 0.0))
+    return config
+
+
+def make_workdir(root, stage: str, step: int = 7):
+    """A workdir as `imagen-jax train` leaves it: config.json and one checkpoint whose EMA
+    params differ from its params (so loading the wrong subtree is caught)."""
+    config = tiny_stage_config(stage)
+    workdir = os.path.join(root, stage)
+    check_workdir_config(config, workdir, override=False)
+    # Random params of the model's exact tree (no init compile: this is a format test).
+    shapes = nn.meta.unbox(abstract_params(build_model(config.model), config))
+    rng = np.random.default_rng(0 if stage == "base" else 1)
+    params, ema = (jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype), shapes) for _ in range(2))
+    optimizer, _ = make_optimizer(config.optimizer)
+    state = init_state(params, optimizer).replace(ema_params=ema)
+    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), save_every=1, async_save=False)
+    checkpoints.save(step, state, to_dict(config), force=True)
+    checkpoints.close()
+    return workdir, state
+
+
+@pytest.fixture(scope="module")
+def stages(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("cascade"))
+    base, base_state = make_workdir(root, "base")
+    sr, _ = make_workdir(root, "sr")
+    return {"root": root, "base": base, "sr": sr, "base_state": base_state}
+
+
+@pytest.fixture(scope="module")
+def cascade(stages):
+    # One device: the 8 fake CPU devices of the suite would each run a replicated copy.
+    return Cascade.from_workdirs([stages["base"], stages["sr"]], devices=jax.devices()[:1])
+
+
+def test_loads_the_ema_params_and_the_sampling_section(cascade, stages):
+    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
+                        cascade.params[0], stages["base_state"].ema_params)
+    assert all(jax.tree.leaves(same))
+    base, sr = cascade.stages
+    assert (base.image_size, base.low_res_size, sr.image_size, sr.low_res_size) == (16, 0, 32, 16)
+    assert base.sampler.kind == "ddim" and base.sampler.num_steps == 3 and base.guidance_weight == 3.0
+    assert sr.aug_level == pytest.approx(0.1)
+    assert cascade.text_encoder.max_length == TEXT_LEN
+
+
+def test_cascade_shapes_dtypes_and_determinism(cascade):
+    out = cascade.sample(PROMPTS, seed=3, batch_size=2)
+    assert [im.shape for im in out.images] == [(3, 16, 16, 3), (3, 32, 32, 3)]
+    assert all(im.dtype == np.uint8 for im in out.images)
+    assert out.final is out.images[-1] and out.prompts == PROMPTS
+    again = cascade.sample(PROMPTS, seed=3, batch_size=2)
+    for a, b in zip(out.images, again.images):
+        np.testing.assert_array_equal(a, b)
+    other = cascade.sample(PROMPTS, seed=4, batch_size=2)
+    assert not np.array_equal(other.images[0], out.images[0])
+    # Per-call stage settings reach the sampler: another guidance weight, other images.
+    changed = cascade.sample(PROMPTS, seed=3, batch_size=2, stage_settings=[{"guidance_weight": 1.0}, {}])
+    assert not np.array_equal(changed.images[0], out.images[0])
+
+
+def test_the_pure_stage_sample_is_what_the_cascade_runs(cascade):
+    out = cascade.sample(PROMPTS[:2], seed=5, batch_size=2)
+    embedding, mask = (np.asarray(a) for a in cascade.text_encoder.encode(PROMPTS[:2]))
+    key = jax.random.fold_in(jax.random.fold_in(jax.random.key(5), 0), 0)
+    base = sample(cascade.params[0], embedding, mask, key, config=cascade.stages[0])
+    assert base.shape == (2, 16, 16, 3) and base.dtype == np.float32
+    assert float(np.abs(base).max()) <= 1.0  # thresholded x_hat
+    np.testing.assert_array_equal(to_uint8(base), out.images[0])
+    with pytest.raises(ValueError, match="pass low_res"):
+        sample(cascade.params[1], embedding, mask, key, config=cascade.stages[1])
+
+
+def test_stage_config_from_a_training_config():
+    stage = StageConfig.from_config(tiny_stage_config("sr"), guidance_weight=5.0)
+    assert stage.is_super_resolution and stage.guidance_weight == 5.0 and stage.image_size == 32
+    with pytest.raises(ValueError, match="Unknown stage setting"):
+        StageConfig.from_config(tiny_stage_config("base"), guidance=5.0)
+
+
+def test_workdir_errors(stages, tmp_path):
+    with pytest.raises(WorkdirError, match="does not exist"):
+        Cascade.from_workdirs([str(tmp_path / "nope")])
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(WorkdirError, match="no config.json"):
+        Cascade.from_workdirs([str(empty)])
+    untrained = tmp_path / "untrained"
+    check_workdir_config(tiny_stage_config("base"), str(untrained), override=False)
+    with pytest.raises(WorkdirError, match="no checkpoint yet"):
+        Cascade.from_workdirs([str(untrained)])
+    with pytest.raises(ValueError, match="must be a base"):
+        Cascade.from_workdirs([stages["sr"], stages["base"]])
+
+
+@pytest.mark.parametrize("prompt", [
+    "../../etc/passwd", "/absolute/path", "a\\b", "..", ".hidden", "", "   ", "a red circle" * 40,
+    "ein roter Kreis über dem Quadrat", "NUL\x00byte", "CON", "😀", "a:b*c?d|e<f>g\"h",
+])
+def test_prompt_slugs_are_safe_file_names(prompt):
+    slug = prompt_slug(prompt)
+    assert slug and len(slug) <= 60 and set(slug) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
+    assert not slug.startswith(("-", ".")) and slug not in (".", "..")
+
+
+def test_image_names_are_unique_and_ordered():
+    names = image_file_names(["a red circle", "a red circle", "a red circle!", "../x"])
+    assert len(set(names)) == 4 and names == sorted(names)
+    assert names[0] == "000_a-red-circle.png" and names[3] == "003_x.png"
+
+
+def test_sample_cli_writes_pngs_grid_and_manifest(stages, tmp_path, capsys):
+    prompts_file = tmp_path / "prompts.txt"
+    prompts_file.write_text("a green triangle\n\n../../escape attempt\n")
+    out = tmp_path / "out"
+    code = main(["sample", "--workdir", stages["base"], "--workdir", stages["sr"], "--prompt", "a red circle",
+                 "--prompts-file", str(prompts_file), "--out", str(out), "--set", "0.num_steps=2",
+                 "--set", "1.guidance_weight=1", "--no-progress"])
+    assert code == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert [e["prompt"] for e in manifest] == ["a red circle", "a green triangle", "../../escape attempt"]
+    for entry in manifest:
+        path = out / entry["image"]
+        assert path.parent == out and path.exists()
+    assert (out / "grid.png").exists()
+    assert sorted(os.listdir(out / "stages")) == ["0_base"]
+    assert len([f for f in os.listdir(out / "stages" / "0_base") if f.endswith(".png")]) == 4  # 3 + grid
+    assert "stage 0 base: 16 px, ddim 2 steps, w=3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--workdir", "{root}/missing", "--prompt", "x"], "does not exist"),
+    (["--workdir", "{base}", "--workdir", "{root}/missing", "--prompt", "x"], "does not exist"),
+    (["--workdir", "{base}"], "at least one non-empty prompt"),
+    (["--workdir", "{base}", "--prompt", "x", "--set", "3.guidance_weight=2"], "stage 3 does not exist"),
+    (["--workdir", "{base}", "--prompt", "x", "--set", "0.weight=2"], "unknown field"),
+    (["--workdir", "{base}", "--prompt", "x", "--set", "0.num_steps=many"], "takes a int"),
+    (["--workdir", "{base}", "--prompts-file", "{root}/none.txt"], "does not exist"),
+])
+def test_sample_cli_errors_are_clear(stages, tmp_path, args, message):
+    args = [a.format(root=stages["root"], base=stages["base"]) for a in args]
+    with pytest.raises(SystemExit) as raised:
+        main(["sample", *args, "--out", str(tmp_path / "o"), "--no-progress"])
+    assert raised.value.code != 0 and message in str(raised.value.code)
