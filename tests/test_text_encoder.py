@@ -172,3 +172,20 @@ def test_fsdp_sharded_parameters_give_the_same_embeddings(builtin_encoder):
     with pytest.raises(ValueError, match="Auto axis types"):
         explicit_mesh = jax.make_mesh((8,), ("batch",))  # JAX 0.10's default axis type is Explicit
         TextEncoder("x", builtin_encoder.config, params, builtin_encoder.tokenizer, mesh=explicit_mesh)
+
+
+def test_word_encoder_gives_one_token_per_word_and_covers_the_shapes_captions():
+    from imagen_jax.data.shapes_scene import sample_scene
+    from imagen_jax.text.encoder import load_text_encoder
+
+    encoder = load_text_encoder("tiny-random-t5-words", max_length=24)
+    assert encoder.config.vocab_size >= len(encoder.tokenizer)
+    ids, mask = encoder.tokenize(["A Red, circle!", "a red circle", "a zebra"])
+    np.testing.assert_array_equal(ids[0], ids[1])  # case and punctuation do not matter
+    assert mask[1].sum() == 4 and ids[1][3] == encoder.tokenizer.eos_token_id  # 3 words + </s>
+    assert ids[2][1] == encoder.tokenizer.unk_token_id
+    captions = [sample_scene(0, i, split).caption for split in ("train", "test") for i in range(2000)]
+    ids, mask = encoder.tokenize(captions)
+    assert not (ids == encoder.tokenizer.unk_token_id).any() and mask.sum(1).max() <= 24
+    embedding, _ = encoder.encode(["a red circle", "a blue circle"])
+    assert embedding.shape == (2, 24, 256) and not np.allclose(embedding[0], embedding[1])

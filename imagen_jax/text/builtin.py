@@ -1,7 +1,12 @@
-"""The built-in default text encoder for offline demos and tests: a tiny T5 v1.1-style
-encoder with ByT5's byte tokenizer and weights drawn from a fixed seed. It is named
-"tiny-random-byt5" because that is what it is: it has never been trained, so its
-embeddings carry the prompt's bytes and positions but no learned language knowledge.
+"""Built-in text encoders for offline demos and tests: tiny T5 v1.1-style encoders with
+weights drawn from a fixed seed. They have never been trained, so their embeddings carry
+the prompt's tokens and positions but no learned language knowledge.
+
+- "tiny-random-byt5": ByT5's byte tokenizer; any text.
+- "tiny-random-t5-words": a word-level tokenizer over a small English vocabulary (the
+  shapes dataset's words and common function words; anything else is <unk>). One token
+  per word makes a color or shape one embedding for the UNet to find, not a run of
+  bytes, so a stage learns to follow prompts in far fewer steps (the built-in demo).
 """
 
 from __future__ import annotations
@@ -9,12 +14,42 @@ from __future__ import annotations
 from imagen_jax.text.config import T5EncoderConfig
 
 TINY_RANDOM_BYT5 = "tiny-random-byt5"
+TINY_RANDOM_T5_WORDS = "tiny-random-t5-words"
+
+# Ids 0, 1, 2 are T5's <pad>, </s>, <unk>; then these words (lowercased prompts).
+WORDS: tuple[str, ...] = (
+    # shapes dataset: colors, shapes, sizes, positions, relations, template words
+    "red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "gray", "black",
+    "circle", "square", "triangle", "small", "medium", "large",
+    "top", "bottom", "left", "right", "center", "middle", "above", "below",
+    "background", "picture", "there", "is", "with", "on", "in", "at", "of", "to", "the",
+    "a", "an", "and",
+    # common words a user may add
+    "grey", "brown", "cyan", "magenta", "big", "tiny", "huge", "circles", "squares", "triangles",
+    "shape", "shapes", "object", "objects", "image", "photo", "drawing", "next", "near", "under",
+    "over", "beside", "between", "corner", "side", "two", "one", "three", "no", "not", "empty", "plain",
+)
 
 BUILTIN_ENCODERS: dict[str, tuple[T5EncoderConfig, int]] = {
     # name: (config, seed). vocab 384 = ByT5Tokenizer's ids; 2.7M parameters.
     TINY_RANDOM_BYT5: (
         T5EncoderConfig(
             vocab_size=384,
+            d_model=256,
+            d_kv=64,
+            d_ff=512,
+            num_layers=4,
+            num_heads=4,
+            relative_attention_num_buckets=32,
+            relative_attention_max_distance=128,
+            feed_forward_proj="gated-gelu",
+        ),
+        0,
+    ),
+    # vocab 128 >= 3 + len(WORDS), a multiple of 64; 2.6M parameters.
+    TINY_RANDOM_T5_WORDS: (
+        T5EncoderConfig(
+            vocab_size=128,
             d_model=256,
             d_kv=64,
             d_ff=512,

@@ -16,11 +16,16 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from imagen_jax.text.builtin import BUILTIN_ENCODERS
+from imagen_jax.text.builtin import BUILTIN_ENCODERS, TINY_RANDOM_T5_WORDS, WORDS
 from imagen_jax.text.config import T5EncoderConfig
 from imagen_jax.text.hf_checkpoint import load_hf_checkpoint
 from imagen_jax.text.t5 import abstract_params, encode_tokens, init_params
-from imagen_jax.text.tokenizer import byt5_tokenizer, load_tokenizer, tokenize
+from imagen_jax.text.tokenizer import (
+    byt5_tokenizer,
+    load_tokenizer,
+    tokenize,
+    word_tokenizer,
+)
 
 DEFAULT_MAX_LENGTH = 128
 
@@ -127,7 +132,8 @@ def load_text_encoder(
         config, seed = BUILTIN_ENCODERS[name_or_path]
         params = jax.tree.map(np.asarray, init_params(config, seed, param_dtype))
         kwargs = dict(max_length=max_length, dtype=dtype, **encoder_kwargs)
-        return TextEncoder(name_or_path, config, params, byt5_tokenizer(), **kwargs)
+        tokenizer = word_tokenizer(WORDS) if name_or_path == TINY_RANDOM_T5_WORDS else byt5_tokenizer()
+        return TextEncoder(name_or_path, config, params, tokenizer, **kwargs)
     checkpoint_dir = name_or_path if os.path.isdir(name_or_path) else download_checkpoint(name_or_path)
     config, params = load_hf_checkpoint(checkpoint_dir, param_dtype)
     if os.path.isdir(name_or_path):

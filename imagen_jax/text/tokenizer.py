@@ -19,6 +19,32 @@ def byt5_tokenizer():
     return ByT5Tokenizer()
 
 
+def word_tokenizer(words: Sequence[str]):
+    """A word-level T5-style tokenizer built in memory (no file): NFKC, lowercase,
+    punctuation dropped, split on whitespace; ids <pad>=0, </s>=1 (appended), <unk>=2,
+    then `words`."""
+    from tokenizers import (
+        Regex,
+        Tokenizer,
+        models,
+        normalizers,
+        pre_tokenizers,
+        processors,
+    )
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
+    for word in words:
+        vocab.setdefault(word, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Lowercase(), normalizers.Replace(Regex(r"[^\w\s]"), " ")]
+    )
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>")
+
+
 def load_tokenizer(checkpoint_dir: str):
     """The tokenizer saved beside a checkpoint, through transformers' AutoTokenizer."""
     if not any(os.path.isfile(os.path.join(checkpoint_dir, name)) for name in TOKENIZER_FILES):
