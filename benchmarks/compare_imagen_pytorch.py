@@ -84,7 +84,9 @@ def matched_config(arch: Architecture):
     channels = dim, channel_mult = dim_mults, num_res_blocks = num_resnet_blocks, attention
     (with the text concatenated to its keys/values, SPEC 2) at the levels of layer_attns and
     in the middle, 64-channel heads = attn_dim_head, conditioning width 4 * dim (the peer's
-    time-embedding width). Training as the peer: Adam (b2 0.99, no clipping), eps
+    time-embedding width), and resampling by one conv as the peer (resblock_updown=False:
+    strided 3x3 conv down, nearest 2x + 3x3 conv up; the peer: pixel-unshuffle + 1x1 conv,
+    1x1 conv + pixel-shuffle), not ADM's resampling ResNet blocks. Training as the peer: Adam (b2 0.99, no clipping), eps
     prediction with min-SNR(5) weights, 10% text dropout, text of text_len tokens."""
     import ml_collections
 
@@ -100,7 +102,7 @@ def matched_config(arch: Architecture):
         attention_resolutions=arch.attention_resolutions(),
         head_dim=arch.attn_dim_head,
         num_heads=None,
-        resblock_updown=True,
+        resblock_updown=False,
         embed_dim=4 * arch.dim,
         noise_sinusoid_dim=arch.dim,
         text_dim=arch.text_dim,
@@ -121,6 +123,13 @@ def matched_config(arch: Architecture):
     config.train.batch_size = arch.batch
     config.mesh.update(data=1, fsdp=1)
     return config
+
+
+def matched_param_count(arch: Architecture) -> int:
+    """Parameters of our matched UNet, by jax.eval_shape (no memory)."""
+    from imagen_jax.models.builder import count_params
+
+    return count_params(matched_config(arch))
 
 
 def default_peer_python() -> str:
@@ -226,6 +235,8 @@ class Ours:
         self.batch = synthetic_batch(program.batch_specs, program.batch_shardings, arch.seed)
         self.key = jax.random.key(arch.seed + 1)
         self.params = int(sum(x.size for x in jax.tree_util.tree_leaves(program.state.params)))
+        if self.params != matched_param_count(arch):
+            raise AssertionError(f"the train state holds {self.params} parameters, matched_param_count says {matched_param_count(arch)}")
         model, schedule = program.model, Schedule.from_config(config.diffusion.schedule)
 
         def guided_step(params, z, t, cond, uncond, key):
