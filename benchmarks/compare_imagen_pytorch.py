@@ -151,9 +151,9 @@ def check_peer_python(path: str) -> None:
 class PeerWorker:
     """imagen_pytorch_worker.py in the peer's python; request() sends one JSON line, returns the reply."""
 
-    def __init__(self, python: str, arch: Architecture):
+    def __init__(self, python: str, arch: Architecture, extra_env: dict | None = None):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="imagen_pytorch_worker_", suffix=".log", delete=False)
-        env = dict(os.environ, OMP_NUM_THREADS=str(arch.threads), MKL_NUM_THREADS=str(arch.threads))
+        env = dict(os.environ, OMP_NUM_THREADS=str(arch.threads), MKL_NUM_THREADS=str(arch.threads), **(extra_env or {}))
         env.pop("PYTHONPATH", None)  # the peer's venv must not see our package
         self.process = subprocess.Popen([python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                         stderr=self.log, text=True, env=env)
@@ -315,6 +315,9 @@ def parse_args(argv=None):
     parser.add_argument("--text-dim", type=int, default=defaults.text_dim)
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--threads", type=int, default=defaults.threads, help="peer torch threads (XLA: all cores)")
+    parser.add_argument("--peer-env", nargs="*", default=[], metavar="KEY=VALUE",
+                        help="extra environment for the peer, e.g. OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep "
+                             "instead of spinning: what torch needs on a loaded machine)")
     parser.add_argument("--reps", type=int, default=5, help="timed rounds after one warm-up (medians reported)")
     parser.add_argument("--out", help="JSON path (default benchmarks/results/compare_imagen_pytorch_<S>px_dim<D>_b<B>.json)")
     return parser.parse_args(argv)
@@ -340,7 +343,8 @@ def main(argv=None) -> None:
     load_before = os.getloadavg()
     print(f"building ours (compile) and starting the peer worker ({args.peer_python}) ...", flush=True)
     ours = Ours(arch)
-    peer = PeerWorker(args.peer_python, arch)
+    peer_env = dict(item.split("=", 1) for item in args.peer_env)
+    peer = PeerWorker(args.peer_python, arch, peer_env)
     try:
         times = interleaved(ours, peer, args.reps)
     finally:
@@ -352,7 +356,7 @@ def main(argv=None) -> None:
 
     print(f"\n{arch.image_size} px, dim {arch.dim}, mults {arch.dim_mults}, {arch.num_resnet_blocks} res blocks/level, "
           f"attention levels {arch.layer_attns}, text {arch.text_len}x{arch.text_dim}, batch {arch.batch}, "
-          f"{args.reps} reps, load {load_before[0]:.1f} -> {load_after[0]:.1f}")
+          f"{args.reps} reps, load {load_before[0]:.1f} -> {load_after[0]:.1f}" + (f", peer env {peer_env}" if peer_env else ""))
     print(f"{'':<22} {'params':>12} {'train s':>9} {'guided s':>9} {'train GFLOP':>12} {'guided GFLOP':>13}")
     for side, label, params in (("ours", "imagen_jax (JAX)", ours.params),
                                 ("peer", peer.info["impl"], peer.info["params"])):
@@ -367,9 +371,10 @@ def main(argv=None) -> None:
         matmul_conv_flops=flops,
         ours_compile_s={"train": ours.train_compile_s, "guided": ours.guided_compile_s},
         peer={k: v for k, v in peer.info.items() if k not in ("params", "matmul_conv_flops")},
-        loadavg_before=list(load_before), loadavg_after=list(load_after),
+        peer_env=peer_env, loadavg_before=list(load_before), loadavg_after=list(load_after),
     )
-    out = args.out or RESULTS_DIR / f"compare_imagen_pytorch_{arch.image_size}px_dim{arch.dim}_b{arch.batch}.json"
+    suffix = "".join(f"_{k.lower()}-{v.lower()}" for k, v in peer_env.items())
+    out = args.out or RESULTS_DIR / f"compare_imagen_pytorch_{arch.image_size}px_dim{arch.dim}_b{arch.batch}{suffix}.json"
     write_results(out, payload)
 
 

@@ -15,6 +15,7 @@ Anything printed by the libraries goes to stderr; stdout carries the protocol on
 """
 
 import json
+import math
 import os
 import sys
 import time
@@ -87,9 +88,8 @@ def setup(arch):
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        value = loss.item()
-        if not value == value:
-            raise FloatingPointError("imagen-pytorch loss is NaN")
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError("imagen-pytorch loss is not finite")
 
     def guided():
         unet.eval()

@@ -4,14 +4,15 @@ claims (widths, attention levels, parameter count), and a missing peer is one cl
 import sys
 from pathlib import Path
 
+import flax.linen as nn
 import jax
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import compare_imagen_pytorch as compare  # noqa: E402
+import compare_imagen_pytorch as compare
 
-from imagen_jax.models import build_model  # noqa: E402
-from imagen_jax.models.builder import init_params  # noqa: E402
+from imagen_jax.models import build_model
+from imagen_jax.models.builder import abstract_params
 
 # The figure benchmarks/README.md quotes for the default comparison (32 px, dim 64, mults 1,2,4).
 DEFAULT_MATCHED_PARAMS = 17_163_843
@@ -21,7 +22,7 @@ def test_matched_unet_is_built_as_claimed():
     arch = compare.Architecture(image_size=16, dim=32, dim_mults=(1, 2), num_resnet_blocks=1,
                                 layer_attns=(False, True), attn_dim_head=32, text_len=8, text_dim=16, batch=2)
     config = compare.matched_config(arch)
-    params = init_params(build_model(config.model), config, jax.random.key(0))
+    params = nn.meta.unbox(abstract_params(build_model(config.model), config))  # the real init, traced (no compile)
     assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == compare.matched_param_count(arch)
     # widths: level l has dim * dim_mults[l] channels; attention (one 32-channel head) only at level 1 and the middle
     assert params["down_0_block_0"]["conv_in"]["kernel"].shape == (3, 3, 32, 32)
