@@ -17,23 +17,18 @@ from __future__ import annotations
 import argparse
 import collections
 import re
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+from results_io import RESULTS_DIR, write_results
+from unet_step import random_inputs
 
-BENCHMARKS = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCHMARKS))
-
-from results_io import RESULTS_DIR, write_results  # noqa: E402
-from unet_step import random_inputs  # noqa: E402
-
-from imagen_jax.config import load_config  # noqa: E402
-from imagen_jax.models import build_model  # noqa: E402
-from imagen_jax.models.builder import init_params  # noqa: E402
+from imagen_jax.config import load_config
+from imagen_jax.models import build_model
+from imagen_jax.models.builder import init_params
 
 KIND_PATTERNS = (("convolution", " convolution("), ("matmul", " dot("), ("reduction", " reduce("),
                  ("copy/transpose", " transpose("), ("copy/transpose", " copy("))
