@@ -196,8 +196,12 @@ def matmul_conv_flops(closed_jaxpr) -> int:
                 spec = eqn.params["dimension_numbers"].rhs_spec  # (out, in, *spatial)
                 total += 2 * out_size * rhs[spec[1]] * math.prod(rhs[d] for d in spec[2:])
             subs = [count(v.jaxpr if hasattr(v, "jaxpr") else v) for v in _sub_jaxprs(eqn.params)]
-            if subs:
-                total += max(subs) * (eqn.params.get("length", 1) if name == "scan" else 1) if name in ("cond", "scan") else sum(subs)
+            if name == "cond":  # one branch runs
+                total += max(subs, default=0)
+            elif name == "scan":
+                total += eqn.params["length"] * sum(subs)
+            else:
+                total += sum(subs)
         return total
 
     return count(closed_jaxpr.jaxpr)

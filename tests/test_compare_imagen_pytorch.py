@@ -43,3 +43,17 @@ def test_missing_peer_python_names_the_setup_script(tmp_path, capsys):
         compare.main(["--peer-python", str(tmp_path / "venv" / "bin" / "python"), "--reps", "1"])
     message = str(exit_info.value.code)
     assert "setup_imagen_pytorch.sh" in message and str(tmp_path) in message
+
+
+def test_matmul_conv_flops_counts_nested_matmuls_and_convolutions():
+    def step(x, w, kernel, image):
+        conv = jax.lax.conv_general_dilated(image, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        scanned, _ = jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=3)
+        return jax.jit(lambda a: a @ w)(x).sum() + scanned.sum() + conv.sum()
+
+    x, w = jax.numpy.ones((4, 8)), jax.numpy.ones((8, 8))
+    kernel, image = jax.numpy.ones((3, 3, 2, 5)), jax.numpy.ones((1, 4, 4, 2))
+    jaxpr = jax.make_jaxpr(step)(x, w, kernel, image)
+    matmul = 2 * 4 * 8 * 8  # once under jit, three times in the scan
+    conv = 2 * (4 * 4 * 5) * (3 * 3 * 2)
+    assert compare.matmul_conv_flops(jaxpr) == 4 * matmul + conv
