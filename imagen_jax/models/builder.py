@@ -13,6 +13,7 @@ import ml_collections
 
 from imagen_jax.models.efficient_unet import EfficientUNet
 from imagen_jax.models.unet import UNet
+from imagen_jax.run_once import run_once
 
 FAMILIES = {"unet": UNet, "efficient_unet": EfficientUNet}
 _NOT_FIELDS = ("parent", "name")
@@ -65,7 +66,7 @@ def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1, text_length:
 
 def init_params(model: nn.Module, config: ml_collections.ConfigDict, rng) -> Any:
     """Initial parameters as plain arrays (the logical axis boxes removed)."""
-    variables = jax.jit(model.init)(rng, **dummy_inputs(config))
+    variables = run_once(lambda rng, inputs: model.init(rng, **inputs), rng, dummy_inputs(config))
     return nn.meta.unbox(variables["params"])
 
 

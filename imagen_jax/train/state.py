@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from imagen_jax.parallel.rules import logical_shardings
+from imagen_jax.run_once import run_once
 
 
 @flax.struct.dataclass
@@ -52,5 +53,5 @@ def create_sharded_state(init_params_fn, optimizer, rng, mesh, rules):
 
     abstract = jax.eval_shape(boxed_state, rng)
     shardings = logical_shardings(abstract, mesh, rules)
-    state = jax.jit(lambda r: nn.meta.unbox(boxed_state(r)), out_shardings=shardings)(rng)
+    state = run_once(lambda r: nn.meta.unbox(boxed_state(r)), rng, out_shardings=shardings)
     return state, shardings
