@@ -15,6 +15,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.train.cli", "train"),
     ("imagen_jax.models.param_count", "params"),
     ("imagen_jax.eval.cli", "eval"),
+    ("imagen_jax.aot.cli", "compile-check"),
 ]
 
 
