@@ -3,9 +3,18 @@ with self-attention (text concatenated to its keys/values) at the lowest level (
 
 Attention after every ResNet block of that level and the T5 output read directly by each
 attention layer: with these (unstated in the paper) choices the count lands near the paper's
-600M, while sr1024's single cross-attention per block lands near its 400M."""
+600M, while sr1024's single cross-attention per block lands near its 400M.
 
+Training as the paper (SPEC 1): Adam (b1 0.9, b2 0.999, eps 1e-8), batch 2048, peak lr 1e-4,
+10k warmup steps, cosine decay over 2.5M steps, frozen T5-XXL embeddings; data defaults to
+the built-in 256px shapes dataset with 64px low-res inputs. The mesh and rematerialization are
+the settings `imagen-jax compile-check --topology v4-128` found to fit 64 TPU v4 chips
+(README; benchmarks/results/compile_check_sr256_600m_v4-128.json).
+"""
+
+import data_shapes
 import ml_collections
+import stage_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,4 +48,8 @@ def get_config() -> ml_collections.ConfigDict:
             attention_implementation="auto",
         )
     )
+    config.data = data_shapes.data_config("sr256")
+    stage_defaults.add_training_sections(config, optimizer="adam", steps=2_500_000, batch_size=2048)
+    config.text.encoder = "google/t5-v1_1-xxl"
+    config.mesh.data, config.mesh.fsdp = 1, -1
     return config
