@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 
 GIB = 1024**3
@@ -139,6 +140,9 @@ def topology_devices(tpu_slice: TpuSlice) -> list:
         ) from None
     from jax.experimental import topologies
 
+    # libtpu's lockfile guards a real TPU against two processes; compile-only devices touch no
+    # hardware, so several compile checks (and a training run on this host) may load it at once.
+    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
     devices = topologies.get_topology_desc(**tpu_slice.topology_options()).devices
     if len(devices) != tpu_slice.chips:
         raise RuntimeError(f"libtpu gave {len(devices)} devices for {tpu_slice.topology}, expected {tpu_slice.chips}")
