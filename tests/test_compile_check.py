@@ -98,8 +98,14 @@ def test_tiny_config_fits_on_v4_8(tmp_path, capsys):
 
 
 @needs_libtpu
-def test_huge_batch_does_not_fit(capsys):
-    rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch", "65536"])
+def test_huge_batch_does_not_fit(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch", "65536", "--output", str(out)])
     printed = capsys.readouterr().out
     assert rc == 1, printed
-    assert "DOES NOT FIT: over by" in printed
+    report = json.loads(out.read_text())
+    assert not report["fits"] and "memory" in report["error"]
+    # XLA's own numbers: what the step needs against what a v4 chip offers it (under its 32 GiB).
+    assert 0 < report["xla_available_bytes"] <= 32 * GIB < report["total_bytes"]
+    assert report["over_by_bytes"] == report["total_bytes"] - report["xla_available_bytes"]
+    assert f"DOES NOT FIT: over by {report['over_by_bytes'] / GIB:.2f} GiB" in printed

@@ -57,8 +57,12 @@ def format_report(report, config_name: str = "") -> str:
             ("generated code", _gib(report.generated_code_bytes)),
             ("XLA peak", _gib(report.xla_peak_bytes or None)),
         ]
-    rows.append(("total per chip", f"{_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM "
-                                   f"({(report.total_bytes or 0) / report.hbm_bytes:.0%})"))
+    if report.error is None:
+        rows.append(("total per chip", f"{_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM "
+                                       f"({report.total_bytes / report.hbm_bytes:.0%})"))
+    else:
+        rows.append(("total per chip", f"{_gib(report.total_bytes)} of temporaries alone, against the "
+                                       f"{_gib(report.xla_available_bytes)} of HBM XLA can use"))
     if report.error is None:
         xla = f"{report.xla_step_s:.3f} s" if report.xla_step_s is not None else "not reported"
         rows += [

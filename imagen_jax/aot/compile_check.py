@@ -64,10 +64,12 @@ class CompileReport:
     mfu: float | None = None
     compile_s: float = 0.0
     error: str | None = None  # XLA's out-of-memory message when it refused to compile
+    xla_available_bytes: int | None = None  # the HBM XLA said it had, when it refused
 
     @property
     def over_by_bytes(self) -> int:
-        return max(0, (self.total_bytes or 0) - self.hbm_bytes)
+        """How much more memory than the chip has (than XLA had, when it refused to compile)."""
+        return max(0, (self.total_bytes or 0) - (self.xla_available_bytes or self.hbm_bytes))
 
     def to_dict(self) -> dict:
         return {**dataclasses.asdict(self), "over_by_bytes": self.over_by_bytes}
@@ -147,7 +149,8 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
         report.compile_s = time.perf_counter() - start
         report.error = str(error).strip().splitlines()[0]
         numbers = parse_hbm_oom(str(error))
-        report.total_bytes = numbers[0] if numbers else None
+        if numbers:
+            report.total_bytes, report.xla_available_bytes = numbers
         return report
     report.compile_s = time.perf_counter() - start
 
