@@ -5,9 +5,9 @@ It trains on 64 -> 256 crops (SPEC 1), so this training config's resolution is 2
 low-res inputs: random 256px crops of 1024px images, each crop downsampled to 64px. Being
 fully convolutional, the trained model samples at 1024 from 256px inputs (sample_stage with
 image_size=1024 and a 256px low_res). Noise schedule: linear (SPEC 1). Training otherwise as
-sr256: Adam, batch 2048, peak lr 1e-4, 10k warmup, cosine decay over 2.5M steps. The mesh and
-rematerialization are the settings `imagen-jax compile-check --topology v4-128` found to fit
-64 TPU v4 chips (README; benchmarks/results/compile_check_sr1024_400m_v4-128.json).
+sr256: Adam, batch 2048, peak lr 1e-4, 10k warmup, cosine decay over 2.5M steps, and the same
+fit for 64 TPU v4 chips (v4-128): full FSDP, remat, 2 accumulated micro-batches (32 per chip
+needs 35.4 GiB of temporaries; README, benchmarks/results/compile_check_sr1024_400m_v4-128*.json).
 """
 
 import ml_collections

@@ -7,9 +7,13 @@ attention layer: with these (unstated in the paper) choices the count lands near
 
 Training as the paper (SPEC 1): Adam (b1 0.9, b2 0.999, eps 1e-8), batch 2048, peak lr 1e-4,
 10k warmup steps, cosine decay over 2.5M steps, frozen T5-XXL embeddings; data defaults to
-the built-in 256px shapes dataset with 64px low-res inputs. The mesh and rematerialization are
-the settings `imagen-jax compile-check --topology v4-128` found to fit 64 TPU v4 chips
-(README; benchmarks/results/compile_check_sr256_600m_v4-128.json).
+the built-in 256px shapes dataset with 64px low-res inputs.
+
+Fitting 64 TPU v4 chips (v4-128), as `imagen-jax compile-check --topology v4-128` measured it
+(README; benchmarks/results/compile_check_sr256_600m_v4-128*.json): parameters, EMA and Adam
+state fully sharded (mesh data 1 x fsdp 64), each ResNet block rematerialized, and the batch
+of 2048 taken as 2 accumulated micro-batches of 16 per chip (32 per chip needs 38.8 GiB of
+temporaries, over the 30.75 GiB XLA can use on a v4 chip).
 """
 
 import data_shapes
@@ -52,4 +56,5 @@ def get_config() -> ml_collections.ConfigDict:
     stage_defaults.add_training_sections(config, optimizer="adam", steps=2_500_000, batch_size=2048)
     config.text.encoder = "google/t5-v1_1-xxl"
     config.mesh.data, config.mesh.fsdp = 1, -1
+    config.train.grad_accum_steps = 2
     return config
