@@ -109,3 +109,30 @@ def test_huge_batch_does_not_fit(tmp_path, capsys):
     assert 0 < report["xla_available_bytes"] <= 32 * GIB < report["total_bytes"]
     assert report["over_by_bytes"] == report["total_bytes"] - report["xla_available_bytes"]
     assert f"DOES NOT FIT: over by {report['over_by_bytes'] / GIB:.2f} GiB" in printed
+
+
+def test_format_report_of_recorded_paper_results():
+    """The committed records print as tables (fits: memory breakdown and speed; refused: XLA's numbers)."""
+    import dataclasses
+    from pathlib import Path
+
+    from imagen_jax.aot.cli import format_report
+    from imagen_jax.aot.compile_check import CompileReport
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    fields = {f.name for f in dataclasses.fields(CompileReport)}
+
+    def load(name):
+        record = json.loads((results / name).read_text())
+        values = {k: v for k, v in record.items() if k in fields}
+        values.setdefault("grad_accum_steps", record["config_values"]["train"]["grad_accum_steps"])
+        return CompileReport(**values)
+
+    fits = load("compile_check_base64_2b_v4-256.json")
+    table = format_report(fits, "configs/base64_2b.py")
+    assert fits.fits and fits.total_bytes <= fits.hbm_bytes and "FITS" in table and "v4:4x4x8" in table
+    assert "data 1 x fsdp 128" in table and "1 micro-batch(es) of 16 per chip" in table
+    refused = load("compile_check_sr256_600m_v4-128_accum1.json")
+    table = format_report(refused, "configs/sr256_600m.py")
+    assert not refused.fits and refused.over_by_bytes > 0
+    assert f"DOES NOT FIT: over by {refused.over_by_bytes / GIB:.2f} GiB" in table and "CompileTimeHbmOom" in table

@@ -45,36 +45,32 @@ def format_report(report, config_name: str = "") -> str:
         ("config", config_name or "-"),
         ("topology", f"{report.topology} ({report.physical_topology}, {report.chips} {report.chip} chips)"),
         ("mesh", mesh),
-        ("global batch", f"{report.global_batch} ({report.global_batch // report.chips} per chip)"),
+        ("global batch", f"{report.global_batch} ({report.grad_accum_steps} micro-batch(es) of "
+                         f"{report.global_batch // report.chips // report.grad_accum_steps} per chip)"),
         ("parameters", f"{report.params:,}"),
         ("state per chip", _gib(report.state_bytes_per_chip) + "  (params, EMA, optimizer: this chip's shards)"),
     ]
     if report.error is None:
+        used = f"{_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM ({report.total_bytes / report.hbm_bytes:.0%})"
+        xla_step = f"{report.xla_step_s:.3f} s" if report.xla_step_s is not None else "not reported"
+        flops = (f"{report.model_flops_per_step / 1e12:,.1f} TFLOP model (3 x forward); "
+                 f"XLA: {report.flops_per_chip / 1e12:,.2f} TFLOP per chip, remat included")
         rows += [
             ("arguments", _gib(report.argument_bytes)),
             ("temporaries", _gib(report.temp_bytes)),
             ("outputs not aliased", _gib(report.output_bytes - report.alias_bytes)),
             ("generated code", _gib(report.generated_code_bytes)),
             ("XLA peak", _gib(report.xla_peak_bytes or None)),
-        ]
-    if report.error is None:
-        rows.append(("total per chip", f"{_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM "
-                                       f"({report.total_bytes / report.hbm_bytes:.0%})"))
-    else:
-        rows.append(("total per chip", f"{_gib(report.total_bytes)} of temporaries alone, against the "
-                                       f"{_gib(report.xla_available_bytes)} of HBM XLA can use"))
-    if report.error is None:
-        xla = f"{report.xla_step_s:.3f} s" if report.xla_step_s is not None else "not reported"
-        rows += [
-            ("FLOPs per step", f"{report.model_flops_per_step / 1e12:,.1f} TFLOP model (3 x forward); "
-                               f"XLA: {report.flops_per_chip / 1e12:,.2f} TFLOP per chip, remat included"),
-            ("XLA step estimate", xla),
+            ("total per chip", used),
+            ("FLOPs per step", flops),
+            ("XLA step estimate", xla_step),
             ("roofline step time", f"{report.roofline_step_s:.3f} s (flops, HBM bytes; no communication)"),
             ("images/s", f"{report.images_per_sec:,.0f}  (at {report.step_s:.3f} s/step, {report.step_s_source})"),
             ("MFU", f"{report.mfu:.1%}"),
         ]
     else:
-        rows.append(("XLA", report.error))
+        needed = f"{_gib(report.total_bytes)} of temporaries alone, against the {_gib(report.xla_available_bytes)} of HBM XLA can use"
+        rows += [("total per chip", needed), ("XLA", report.error)]
     rows.append(("compile time", f"{report.compile_s:.0f} s"))
     if report.fits:
         verdict = "FITS"

@@ -43,6 +43,7 @@ class CompileReport:
     mesh: dict
     global_batch: int
     params: int
+    grad_accum_steps: int
     hbm_bytes: int
     fits: bool
     state_bytes_per_chip: int  # params, EMA and optimizer state: this chip's shards
@@ -136,6 +137,7 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
         mesh=dict(mesh.shape),
         global_batch=global_batch,
         params=int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(params))),
+        grad_accum_steps=int(config.train.get("grad_accum_steps", 1)),
         hbm_bytes=chip.hbm_bytes,
         fits=False,
         state_bytes_per_chip=_shard_bytes(program.abstract_state),

@@ -80,13 +80,13 @@ class TpuSlice:
 
     def topology_options(self) -> dict:
         """Keyword arguments of jax.experimental.topologies.get_topology_desc."""
-        return dict(
-            topology_name=self.topology,
-            platform="tpu",
-            chip_config_name="megacore" if self.chip.megacore else "default",
-            chips_per_host_bounds=(2, 2, 1),
-            wrap=self.wrap,
-        )
+        return {
+            "topology_name": self.topology,
+            "platform": "tpu",
+            "chip_config_name": "megacore" if self.chip.megacore else "default",
+            "chips_per_host_bounds": (2, 2, 1),
+            "wrap": self.wrap,
+        }
 
 
 def slice_names() -> list[str]:
