@@ -9,11 +9,13 @@ Training as the paper (SPEC 1): Adam (b1 0.9, b2 0.999, eps 1e-8), batch 2048, p
 10k warmup steps, cosine decay over 2.5M steps, frozen T5-XXL embeddings; data defaults to
 the built-in 256px shapes dataset with 64px low-res inputs.
 
-Fitting 64 TPU v4 chips (v4-128), as `imagen-jax compile-check --topology v4-128` measured it
-(README; benchmarks/results/compile_check_sr256_600m_v4-128*.json): parameters, EMA and Adam
-state fully sharded (mesh data 1 x fsdp 64), each ResNet block rematerialized, and the batch
-of 2048 taken as 2 accumulated micro-batches of 16 per chip (32 per chip needs 38.8 GiB of
-temporaries, over the 30.75 GiB XLA can use on a v4 chip).
+For 64 TPU v4 chips (v4-128): parameters, EMA and Adam state fully sharded (mesh data 1 x
+fsdp 64), each ResNet block rematerialized, and the batch of 2048 taken as 2 accumulated
+micro-batches of 16 per chip. `imagen-jax compile-check --topology v4-128` refuses 32 per chip
+(38.8 GiB of temporaries against the 30.75 GiB XLA can use on a v4 chip; README,
+benchmarks/results/compile_check_sr256_600m_v4-128_accum1.json); the full compile of the
+16-per-chip step did not finish on the 2-core machine these configs were checked on: rerun
+compile-check before renting the slice.
 """
 
 import data_shapes
