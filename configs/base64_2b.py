@@ -1,8 +1,17 @@
 """Imagen's base stage: text -> 64x64, the ~2B-parameter ADM-style UNet (SPEC 1, 4):
 512 channels, channel_mult (1, 2, 3, 4), 3 ResNet blocks per level, 64 channels per head,
-self-attention with the text in its keys/values at 32, 16 and 8 px."""
+self-attention with the text in its keys/values at 32, 16 and 8 px.
 
+Training as the paper (SPEC 1): Adafactor, batch 2048, peak lr 1e-4 with 10k warmup steps and
+cosine decay over 2.5M steps, frozen T5-XXL embeddings; the data section defaults to the
+built-in 64px shapes dataset (point data.name at a TFDS image-text dataset for real runs).
+The mesh and rematerialization are the settings `imagen-jax compile-check --topology v4-256`
+found to fit 128 TPU v4 chips (README; benchmarks/results/compile_check_base64_2b_v4-256.json).
+"""
+
+import data_shapes
 import ml_collections
+import stage_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -34,4 +43,8 @@ def get_config() -> ml_collections.ConfigDict:
             attention_implementation="auto",
         )
     )
+    config.data = data_shapes.data_config("base64")
+    stage_defaults.add_training_sections(config, optimizer="adafactor", steps=2_500_000, batch_size=2048)
+    config.text.encoder = "google/t5-v1_1-xxl"
+    config.mesh.data, config.mesh.fsdp = 1, -1
     return config

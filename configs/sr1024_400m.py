@@ -1,7 +1,17 @@
 """Imagen's second super-resolution stage: 256 -> 1024, the ~400M-parameter Efficient U-Net
-without self-attention, with text cross-attention at the lowest level (SPEC 1, 4). It trains
-on 64 -> 256 crops and runs fully convolutionally at 1024 (set resolution / low_res_resolution
-in the training config accordingly)."""
+without self-attention, with text cross-attention at the lowest level (SPEC 1, 4).
+
+It trains on 64 -> 256 crops (SPEC 1), so this training config's resolution is 256 with 64px
+low-res inputs: random 256px crops of 1024px images, each crop downsampled to 64px. Being
+fully convolutional, the trained model samples at 1024 from 256px inputs (sample_stage with
+image_size=1024 and a 256px low_res). Noise schedule: linear (SPEC 1). Training otherwise as
+sr256: Adam, batch 2048, peak lr 1e-4, 10k warmup, cosine decay over 2.5M steps, and the same
+settings for 64 TPU v4 chips (v4-128): full FSDP, remat, 2 accumulated micro-batches of 16 per
+chip. compile-check refuses 32 per chip (35.4 GiB of temporaries; README,
+benchmarks/results/compile_check_sr1024_400m_v4-128_accum1.json); the full compile of the
+16-per-chip step did not finish on the 2-core machine these configs were checked on: rerun
+compile-check before renting the slice.
+"""
 
 import ml_collections
 import sr256_600m
@@ -10,9 +20,13 @@ import sr256_600m
 def get_config() -> ml_collections.ConfigDict:
     """SPEC 4: the sr256 configuration without self-attention, with text cross-attention kept."""
     config = sr256_600m.get_config()
-    config.resolution = 1024
-    config.low_res_resolution = 256
+    config.resolution = 256  # training crops; sampling runs at 1024
+    config.low_res_resolution = 64
     config.model.attention = ("none", "none", "none", "cross")
     config.model.attention_every_block = False
     config.model.text_context_dim = 1024  # one shared projection of the T5 output
+    config.diffusion.schedule.kind = "linear"
+    data = config.data
+    data.name = "imagen_shapes/1024px"
+    data.image_size, data.crop_size, data.low_res_size, data.random_crop = 1024, 256, 64, True
     return config

@@ -3,9 +3,24 @@ with self-attention (text concatenated to its keys/values) at the lowest level (
 
 Attention after every ResNet block of that level and the T5 output read directly by each
 attention layer: with these (unstated in the paper) choices the count lands near the paper's
-600M, while sr1024's single cross-attention per block lands near its 400M."""
+600M, while sr1024's single cross-attention per block lands near its 400M.
 
+Training as the paper (SPEC 1): Adam (b1 0.9, b2 0.999, eps 1e-8), batch 2048, peak lr 1e-4,
+10k warmup steps, cosine decay over 2.5M steps, frozen T5-XXL embeddings; data defaults to
+the built-in 256px shapes dataset with 64px low-res inputs.
+
+For 64 TPU v4 chips (v4-128): parameters, EMA and Adam state fully sharded (mesh data 1 x
+fsdp 64), each ResNet block rematerialized, and the batch of 2048 taken as 2 accumulated
+micro-batches of 16 per chip. `imagen-jax compile-check --topology v4-128` refuses 32 per chip
+(38.8 GiB of temporaries against the 30.75 GiB XLA can use on a v4 chip; README,
+benchmarks/results/compile_check_sr256_600m_v4-128_accum1.json); the full compile of the
+16-per-chip step did not finish on the 2-core machine these configs were checked on: rerun
+compile-check before renting the slice.
+"""
+
+import data_shapes
 import ml_collections
+import stage_defaults
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -39,4 +54,9 @@ def get_config() -> ml_collections.ConfigDict:
             attention_implementation="auto",
         )
     )
+    config.data = data_shapes.data_config("sr256")
+    stage_defaults.add_training_sections(config, optimizer="adam", steps=2_500_000, batch_size=2048)
+    config.text.encoder = "google/t5-v1_1-xxl"
+    config.mesh.data, config.mesh.fsdp = 1, -1
+    config.train.grad_accum_steps = 2
     return config

@@ -16,6 +16,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.models.param_count", "params"),
     ("imagen_jax.eval.cli", "eval"),
     ("imagen_jax.pipeline.cli", "sample"),
+    ("imagen_jax.aot.cli", "compile-check"),
 ]
 
 

@@ -9,6 +9,7 @@ PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
     ("TPU v5p", 459.0),
     ("TPU v5 lite", 197.0),  # v5e
     ("TPU v5e", 197.0),
+    ("TPU v5", 459.0),  # v5p reports itself as "TPU v5"
     ("TPU v4", 275.0),
     ("H200", 990.0),
     ("H100", 990.0),

@@ -39,7 +39,11 @@ from imagen_jax.pipeline.stage_sampler import sample_stage
 from imagen_jax.train.checkpoints import Checkpoints, abstract_like
 from imagen_jax.train.hardware import peak_tflops
 from imagen_jax.train.optimizers import make_optimizer
-from imagen_jax.train.state import TrainState, create_sharded_state
+from imagen_jax.train.state import (
+    TrainState,
+    abstract_sharded_state,
+    create_sharded_state,
+)
 from imagen_jax.train.step import make_train_step
 
 log = logging.getLogger("imagen_jax.train")
@@ -248,6 +252,53 @@ def write_sample_grid(config, model, params, preview, step: int, workdir: str, w
 
 
 @dataclasses.dataclass
+class LoweredTraining:
+    """A stage's train step lowered for one mesh and global batch from abstract state only
+    (no parameter is materialized): what `compile_training` compiles for the local devices
+    and `imagen-jax compile-check` compiles for a TPU topology."""
+
+    model: Any
+    optimizer: Any
+    init_params_fn: Any  # rng -> boxed params
+    abstract_state: TrainState  # jax.ShapeDtypeStruct leaves carrying their shardings
+    shardings: Any
+    batch_specs: dict
+    batch_shardings: dict
+    lowered: Any  # jax.stages.Lowered of (state, batch, key) -> (state, metrics), state donated
+
+
+def lower_training(config, mesh, rules, global_batch: int) -> LoweredTraining:
+    """Build the model and optimizer from `config`, derive the state's shardings on `mesh`
+    (jax.eval_shape: no memory) and lower the real train step with in/out shardings and
+    donation of the state."""
+    if global_batch % batch_axis_size(mesh):
+        raise ValueError(
+            f"train.batch_size={global_batch} must be divisible by the {batch_axis_size(mesh)} batch shards "
+            f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}); change --config.train.batch_size "
+            "or --config.mesh.data / --config.mesh.fsdp"
+        )
+    model = build_model(config.model)
+    optimizer, lr_schedule = make_optimizer(config.optimizer)
+    init_inputs = dummy_inputs(config, batch=1, text_length=config.data.max_text_length)
+
+    def init_params_fn(rng):
+        return model.init(rng, **init_inputs)["params"]
+
+    abstract_state, shardings = abstract_sharded_state(init_params_fn, optimizer, jax.random.key(0), mesh, rules)
+    batch_specs = abstract_batch(config, global_batch, config.model.text_dim)
+    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_specs.items()}
+    step_fn = make_train_step(model, optimizer, lr_schedule, config)
+    key_spec = jax.eval_shape(lambda: jax.random.key(0))
+    lowered = (
+        jax.jit(step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None),
+                donate_argnums=0)
+        .lower(abstract_state, batch_specs, key_spec)
+    )
+    return LoweredTraining(model, optimizer, init_params_fn, abstract_state, shardings, batch_specs,
+                           batch_shardings, lowered)
+
+
+@dataclasses.dataclass
 class TrainingProgram:
     """A stage's model, its fresh sharded state and the train step compiled for one global batch."""
 
@@ -261,25 +312,14 @@ class TrainingProgram:
 
 
 def compile_training(config, mesh, rules, global_batch: int, init_key) -> TrainingProgram:
-    """Build the model and optimizer from `config`, create the state sharded on `mesh`, and
-    compile the train step ahead of time with in/out shardings and donation."""
-    model = build_model(config.model)
-    optimizer, lr_schedule = make_optimizer(config.optimizer)
-    init_inputs = dummy_inputs(config, batch=1, text_length=config.data.max_text_length)
-    state, shardings = create_sharded_state(
-        lambda rng: model.init(rng, **init_inputs)["params"], optimizer, init_key, mesh, rules
-    )
-    batch_specs = abstract_batch(config, global_batch, config.model.text_dim)
-    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_specs.items()}
-    step_fn = make_train_step(model, optimizer, lr_schedule, config)
-    compiled = (
-        jax.jit(step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None),
-                donate_argnums=0)
-        .lower(state, batch_specs, jax.random.key(0))
-        .compile()
-    )
-    return TrainingProgram(model, state, shardings, batch_specs, batch_shardings, compiled,
-                           _flops_per_device(compiled))
+    """Lower the train step (`lower_training`), compile it ahead of time and create the
+    state it takes, sharded on `mesh`."""
+    program = lower_training(config, mesh, rules, global_batch)
+    compiled = program.lowered.compile()
+    state, shardings = create_sharded_state(program.init_params_fn, program.optimizer, init_key, mesh, rules,
+                                            program.shardings)
+    return TrainingProgram(program.model, state, shardings, program.batch_specs, program.batch_shardings,
+                           compiled, _flops_per_device(compiled))
 
 
 def train(config, workdir: str, *, override: bool = False, progress: bool = True) -> dict:

@@ -1,9 +1,10 @@
 """The train state and its creation directly in its sharded layout (DESIGN: Shape).
 
-`create_sharded_state` traces initialization with jax.eval_shape (no memory), derives a
-NamedSharding for every leaf from the logical axis names the model put on its parameters
-(the optimizer moments and the EMA inherit them), then runs initialization under jit
-with those out_shardings: the state is born sharded and is never whole on one host.
+`abstract_sharded_state` traces initialization with jax.eval_shape (no memory) and derives
+a NamedSharding for every leaf from the logical axis names the model put on its parameters
+(the optimizer moments and the EMA inherit them): enough to compile the train step for
+any device set, a TPU topology included. `create_sharded_state` then runs initialization
+under jit with those out_shardings: the state is born sharded and is never whole on one host.
 """
 
 from __future__ import annotations
@@ -44,14 +45,29 @@ def init_state(params, optimizer) -> TrainState:
     )
 
 
-def create_sharded_state(init_params_fn, optimizer, rng, mesh, rules):
-    """(state, shardings): `init_params_fn(rng)` returns the model's BOXED params
-    (nn.LogicallyPartitioned leaves, as `model.init(...)["params"]` does)."""
+def _boxed_state_fn(init_params_fn, optimizer):
+    return lambda rng: init_state(init_params_fn(rng), optimizer)
 
-    def boxed_state(rng):
-        return init_state(init_params_fn(rng), optimizer)
 
-    abstract = jax.eval_shape(boxed_state, rng)
-    shardings = logical_shardings(abstract, mesh, rules)
+def abstract_sharded_state(init_params_fn, optimizer, rng, mesh, rules):
+    """(abstract_state, shardings) with no memory used: the TrainState as jax.ShapeDtypeStruct
+    leaves that carry their NamedSharding on `mesh`, and the tree of those shardings.
+    `init_params_fn(rng)` returns the model's BOXED params (nn.LogicallyPartitioned leaves,
+    as `model.init(...)["params"]` does)."""
+    boxed = jax.eval_shape(_boxed_state_fn(init_params_fn, optimizer), rng)
+    shardings = logical_shardings(boxed, mesh, rules)
+    abstract = jax.tree_util.tree_map(
+        lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
+        nn.meta.unbox(boxed), shardings,
+    )
+    return abstract, shardings
+
+
+def create_sharded_state(init_params_fn, optimizer, rng, mesh, rules, shardings=None):
+    """(state, shardings): the initialized state, born sharded. `shardings` (from
+    `abstract_sharded_state`) skips deriving them again."""
+    if shardings is None:
+        _, shardings = abstract_sharded_state(init_params_fn, optimizer, rng, mesh, rules)
+    boxed_state = _boxed_state_fn(init_params_fn, optimizer)
     state = run_once(lambda r: nn.meta.unbox(boxed_state(r)), rng, out_shardings=shardings)
     return state, shardings

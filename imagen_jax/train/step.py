@@ -63,7 +63,11 @@ def make_train_step(model, optimizer, lr_schedule, config):
         batch_size = batch["image"].shape[0]
         if batch_size % accum:
             raise ValueError(f"batch {batch_size} is not divisible by train.grad_accum_steps={accum}; change either")
-        micro = jax.tree_util.tree_map(lambda x: x.reshape((accum, x.shape[0] // accum) + x.shape[1:]), batch)
+        # Micro-batch i takes examples i, i + accum, i + 2 accum, ...: every device's contiguous
+        # block of the batch-sharded global batch holds its share of each micro-batch, so the
+        # split needs no communication and each micro-batch stays spread over all devices.
+        micro = jax.tree_util.tree_map(
+            lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1), batch)
 
         def body(carry, inputs):
             i, mb = inputs

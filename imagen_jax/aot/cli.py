@@ -1,0 +1,112 @@
+"""`imagen-jax compile-check --config configs/X.py --topology v4-256 [--config.key=value ...]`
+
+Compiles the config's real train step for a TPU slice on this machine (CPU is enough;
+needs libtpu: pip install 'imagen-jax[tpu-aot]') and prints per-chip memory against the
+chip's HBM, FLOPs per step, the estimated step time, images/s and MFU. Exit status 0 when
+it fits, 1 when it does not (the output says by how much), 2 for a usage error.
+Topologies: v4-N and v5p-N (N TensorCores, N/2 chips), v5e-N / v5litepod-N and v6e-N
+(N chips), or an explicit physical topology such as v4:4x4x8.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+
+from imagen_jax.aot.tpu_slices import GIB
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "compile-check",
+        help="compile the train step for a TPU slice here and report whether it fits (needs libtpu)",
+        description=__doc__ + "\nAny --config.a.b=VALUE overrides that config field (typed like the field).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="config file, optionally path.py:ARG")
+    parser.add_argument("--topology", required=True, help="TPU slice: v4-256, v5p-128, v5e-256, v6e-256, v4:4x4x8, ...")
+    parser.add_argument("--batch", type=int, default=None, help="global batch (default: train.batch_size)")
+    parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
+    parser.set_defaults(run=run, accepts_config_overrides=True)
+
+
+def _gib(n) -> str:
+    if n is None:
+        return "-"
+    return f"{n / GIB:.2f} GiB" if n >= GIB / 4 else f"{n / 1024**2:.1f} MiB"
+
+
+def format_report(report, config_name: str = "") -> str:
+    """A readable two-column table of a CompileReport."""
+    mesh = " x ".join(f"{k} {v}" for k, v in report.mesh.items())
+    rows = [
+        ("config", config_name or "-"),
+        ("topology", f"{report.topology} ({report.physical_topology}, {report.chips} {report.chip} chips)"),
+        ("mesh", mesh),
+        ("global batch", f"{report.global_batch} ({report.grad_accum_steps} micro-batch(es) of "
+                         f"{report.global_batch // report.chips // report.grad_accum_steps} per chip)"),
+        ("parameters", f"{report.params:,}"),
+        ("state per chip", _gib(report.state_bytes_per_chip) + "  (params, EMA, optimizer: this chip's shards)"),
+    ]
+    if report.error is None:
+        used = f"{_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM ({report.total_bytes / report.hbm_bytes:.0%})"
+        xla_step = f"{report.xla_step_s:.3f} s" if report.xla_step_s is not None else "not reported"
+        flops = (f"{report.model_flops_per_step / 1e12:,.1f} TFLOP model (3 x forward); "
+                 f"XLA: {report.flops_per_chip / 1e12:,.2f} TFLOP per chip, remat included")
+        rows += [
+            ("arguments", _gib(report.argument_bytes)),
+            ("temporaries", _gib(report.temp_bytes)),
+            ("outputs not aliased", _gib(report.output_bytes - report.alias_bytes)),
+            ("generated code", _gib(report.generated_code_bytes)),
+            ("XLA peak", _gib(report.xla_peak_bytes or None)),
+            ("total per chip", used),
+            ("FLOPs per step", flops),
+            ("XLA step estimate", xla_step),
+            ("roofline step time", f"{report.roofline_step_s:.3f} s (flops, HBM bytes; no communication)"),
+            ("images/s", f"{report.images_per_sec:,.0f}  (at {report.step_s:.3f} s/step, {report.step_s_source})"),
+            ("MFU", f"{report.mfu:.1%}"),
+        ]
+    else:
+        needed = f"{_gib(report.total_bytes)} of temporaries alone, against the {_gib(report.xla_available_bytes)} of HBM XLA can use"
+        rows += [("total per chip", needed), ("XLA", report.error)]
+    rows.append(("compile time", f"{report.compile_s:.0f} s"))
+    if report.fits:
+        verdict = "FITS"
+    elif report.total_bytes:
+        verdict = f"DOES NOT FIT: over by {_gib(report.over_by_bytes)}"
+    else:
+        verdict = "DOES NOT FIT"
+    rows.append(("verdict", verdict))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:>{width}}  {v}" for k, v in rows)
+
+
+def run(args) -> int:
+    import jax
+
+    # The slice's devices are compile-only; this machine's accelerator (if any) is not used.
+    if "JAX_PLATFORMS" not in os.environ:
+        jax.config.update("jax_platforms", "cpu")
+    from imagen_jax.aot.compile_check import compile_check
+    from imagen_jax.aot.tpu_slices import MissingLibtpuError, parse_slice
+    from imagen_jax.config import apply_overrides, load_config, to_dict
+
+    logging.basicConfig(level=logging.WARNING)
+    try:
+        tpu_slice = parse_slice(args.topology)
+        config = apply_overrides(load_config(args.config), args.config_overrides)
+        report = compile_check(config, tpu_slice, global_batch=args.batch)
+    except (FileNotFoundError, ValueError, MissingLibtpuError) as error:
+        print(f"imagen-jax compile-check: {error}")
+        return 2
+    print(format_report(report, args.config))
+    if args.output:
+        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
+        record = {"config": args.config, "overrides": list(args.config_overrides), **report.to_dict(),
+                  "jax_version": jax.__version__, "config_values": to_dict(config)}
+        with open(args.output, "w") as f:
+            json.dump(record, f, indent=2, sort_keys=False)
+            f.write("\n")
+    return 0 if report.fits else 1

@@ -1,0 +1,138 @@
+"""`imagen-jax compile-check`: TPU slice names, and the real train step compiled for a small
+TPU topology on this CPU machine (needs libtpu; skipped with the reason where it is missing)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from imagen_jax.aot.compile_check import parse_hbm_oom
+from imagen_jax.aot.tpu_slices import GIB, parse_slice
+from imagen_jax.cli import main
+
+HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
+needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install 'imagen-jax[tpu-aot]')")
+
+# A ~60k-parameter base UNet: the same code path as base64_2b, compiled in well under a minute.
+TINY = [
+    "--config", "configs/shapes_base32.py",
+    "--config.model.channels=8", "--config.model.channel_mult=(1,2)", "--config.model.attention_resolutions=(16,)",
+    "--config.model.head_dim=8", "--config.model.embed_dim=32", "--config.model.noise_sinusoid_dim=16",
+    "--config.model.text_dim=16", "--config.model.text_pool_heads=2", "--config.model.norm_groups=4",
+    "--config.data.max_text_length=8", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+]
+
+
+@pytest.mark.parametrize("name, topology, chips, megacore", [
+    ("v4-8", "v4:2x2x1", 4, True),
+    ("v4-256", "v4:4x4x8", 128, True),
+    ("v4-128", "v4:4x4x4", 64, True),
+    ("v5p-128", "v5:4x4x4", 64, True),
+    ("v5e-256", "v5e:16x16", 256, False),
+    ("v5litepod-64", "v5e:8x8", 64, False),
+    ("v6e-256", "v6e:16x16", 256, False),
+    ("V4:4x4x8", "v4:4x4x8", 128, True),
+    ("v6e:8x16", "v6e:8x16", 128, False),
+])
+def test_slice_names(name, topology, chips, megacore):
+    tpu_slice = parse_slice(name)
+    assert (tpu_slice.topology, tpu_slice.chips) == (topology, chips)
+    options = tpu_slice.topology_options()
+    assert options["chip_config_name"] == ("megacore" if megacore else "default")
+    assert options["topology_name"] == topology
+
+
+def test_slice_chip_figures():
+    assert parse_slice("v4-256").chip.hbm_bytes == 32 * GIB
+    assert parse_slice("v5e-16").chip.hbm_bytes == 16 * GIB
+    assert parse_slice("v5p-8").chip.peak_tflops == 459.0
+    assert parse_slice("v6e-4").chip.peak_tflops == 918.0
+    assert parse_slice("v4-256").wrap == (True, True, True)
+    assert parse_slice("v4-8").wrap == (False, False, False)
+    assert parse_slice("v5e-128").wrap == (False, True, False)
+
+
+@pytest.mark.parametrize("name", ["v9-8", "v4-100", "v4", "v5e:4x4x4", "tpu"])
+def test_unknown_slice_names_the_valid_ones(name):
+    with pytest.raises(ValueError, match=r"unknown TPU topology .*v4-256.*v6e-256.*v4:4x4x8"):
+        parse_slice(name)
+
+
+def test_cli_unknown_topology(capsys):
+    rc = main(["compile-check", "--config", "configs/shapes_base32.py", "--topology", "v9-8"])
+    out = capsys.readouterr().out
+    assert rc == 2
+    assert "unknown TPU topology 'v9-8'" in out and "v4-256" in out
+
+
+def test_parse_hbm_oom():
+    message = ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory required "
+               "for HLO temporaries (55.30G) exceeds available HBM (30.75G). HLO module: jit_train_step.")
+    required, available = parse_hbm_oom(message)
+    assert required == int(55.30 * GIB) and available == int(30.75 * GIB)
+    assert parse_hbm_oom("something else") is None
+
+
+@needs_libtpu
+def test_tiny_config_fits_on_v4_8(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch", "16", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "FITS" in printed and "v4:2x2x1" in printed
+    report = json.loads(out.read_text())
+    assert report["fits"] and report["error"] is None
+    assert report["chips"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2} and report["global_batch"] == 16
+    # params + EMA + Adam's two moments, fp32; fsdp halves the large ones, so at least a quarter of it all.
+    assert report["state_bytes_per_chip"] >= 4 * 4 * report["params"] / 2 / 2
+    assert report["argument_bytes"] >= report["state_bytes_per_chip"]
+    assert report["alias_bytes"] >= report["state_bytes_per_chip"]  # the donated state is updated in place
+    assert report["state_bytes_per_chip"] < report["total_bytes"] <= report["hbm_bytes"] == 32 * GIB
+    assert report["flops_per_chip"] > 0 and report["bytes_accessed_per_chip"] > 0
+    # XLA's count per chip includes the optimizer and the noise; the model's 3 x forward is below 4 chips' worth.
+    assert 0 < report["model_flops_per_step"] < 4 * report["flops_per_chip"]
+    assert report["step_s"] > 0 and report["roofline_step_s"] > 0
+    assert report["images_per_sec"] == pytest.approx(16 / report["step_s"])
+    assert 0 < report["mfu"] < 1
+    assert report["config_values"]["train"]["batch_size"] == 32  # the config as loaded; --batch overrode it
+
+
+@needs_libtpu
+def test_huge_batch_does_not_fit(tmp_path, capsys):
+    out = tmp_path / "report.json"
+    rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch", "65536", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 1, printed
+    report = json.loads(out.read_text())
+    assert not report["fits"] and "memory" in report["error"]
+    # XLA's own numbers: what the step needs against what a v4 chip offers it (under its 32 GiB).
+    assert 0 < report["xla_available_bytes"] <= 32 * GIB < report["total_bytes"]
+    assert report["over_by_bytes"] == report["total_bytes"] - report["xla_available_bytes"]
+    assert f"DOES NOT FIT: over by {report['over_by_bytes'] / GIB:.2f} GiB" in printed
+
+
+def test_format_report_of_recorded_paper_results():
+    """The committed records print as tables (fits: memory breakdown and speed; refused: XLA's numbers)."""
+    import dataclasses
+    from pathlib import Path
+
+    from imagen_jax.aot.cli import format_report
+    from imagen_jax.aot.compile_check import CompileReport
+
+    results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    fields = {f.name for f in dataclasses.fields(CompileReport)}
+
+    def load(name):
+        record = json.loads((results / name).read_text())
+        values = {k: v for k, v in record.items() if k in fields}
+        values.setdefault("grad_accum_steps", record["config_values"]["train"]["grad_accum_steps"])
+        return CompileReport(**values)
+
+    fits = load("compile_check_base64_2b_v4-256.json")
+    table = format_report(fits, "configs/base64_2b.py")
+    assert fits.fits and fits.total_bytes <= fits.hbm_bytes and "FITS" in table and "v4:4x4x8" in table
+    assert "data 1 x fsdp 128" in table and "1 micro-batch(es) of 16 per chip" in table
+    refused = load("compile_check_sr256_600m_v4-128_accum1.json")
+    table = format_report(refused, "configs/sr256_600m.py")
+    assert not refused.fits and refused.over_by_bytes > 0
+    assert f"DOES NOT FIT: over by {refused.over_by_bytes / GIB:.2f} GiB" in table and "CompileTimeHbmOom" in table
