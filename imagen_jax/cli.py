@@ -17,6 +17,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.eval.cli", "eval"),
     ("imagen_jax.pipeline.cli", "sample"),
     ("imagen_jax.aot.cli", "compile-check"),
+    ("imagen_jax.demo", "demo"),
 ]
 
 

@@ -1,0 +1,165 @@
+"""`imagen-jax demo`: the built-in demo, end to end on one machine (configs/demo.py).
+
+  imagen-jax demo --workdir runs/demo [--config configs/demo.py] [--config.base.train.steps=500]
+
+1. trains the base stage (text -> 32 px) into <workdir>/base and the SR stage (32 -> 64 px)
+   into <workdir>/sr (the shapes dataset and its caption cache are made on first use;
+   an interrupted demo resumes from the stages' checkpoints);
+2. samples the fixed prompt list through the cascade: <workdir>/samples/ (one PNG per
+   prompt, grid.png, cascade.png = base beside SR, manifest.json);
+3. evaluates: prompt accuracy of the base and final images, the base stage's guidance
+   sweep (accuracy and out-of-range pixels with dynamic vs no thresholding), and SR
+   fidelity against true test images next to bicubic; prints the tables and writes
+   <workdir>/eval.json (with the time each part took).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+
+import jax
+import numpy as np
+
+from imagen_jax.images import make_grid, save_png, to_uint8
+
+DEFAULT_CONFIG = "configs/demo.py"
+
+
+def add_parser(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "demo", help="train a small shapes cascade (32 -> 64 px) on this machine, sample it and evaluate it",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--workdir", default="runs/demo", help="where the stages, samples and eval.json go (default runs/demo)")
+    parser.add_argument("--config", default=DEFAULT_CONFIG, help=f"demo config (default {DEFAULT_CONFIG})")
+    parser.add_argument("--override", action="store_true", help="continue stage workdirs whose saved config differs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.set_defaults(run=run, accepts_config_overrides=True)
+
+
+def guidance_sweep(cascade, prompts: list[str], weights, *, seed: int, batch_size: int) -> list[dict]:
+    """Base stage only, per guidance weight w: prompt accuracy and the fraction of pixel
+    values outside [-1, 1], with dynamic thresholding and with none (SPEC 3)."""
+    from imagen_jax.eval import out_of_range_fraction, prompt_accuracy
+
+    base = cascade.stages[0]
+    embedding, mask = cascade.encode(prompts)
+    rows = []
+    for w in weights:
+        row = {"guidance_weight": float(w)}
+        for threshold in ("dynamic", "none"):
+            config = dataclasses.replace(base, guidance_weight=float(w),
+                                         sampler=dataclasses.replace(base.sampler, threshold=threshold))
+            images = cascade.run_stage_batched(0, embedding, mask, jax.random.key(seed), batch_size=batch_size,
+                                               config=config)
+            row[threshold] = {"accuracy": prompt_accuracy(to_uint8(images), prompts)["correct"],
+                              "out_of_range": out_of_range_fraction(images)}
+        rows.append(row)
+    return rows
+
+
+def sr_fidelity_on_test_images(cascade, data_config, num_images: int, *, seed: int, batch_size: int) -> dict:
+    """The last stage on true low-res test images (the training pipeline's own bicubic
+    downsampling) against the true high-res images, beside bicubic upsampling."""
+    from imagen_jax.data.image_ops import downsample
+    from imagen_jax.data.shapes_builder import parse_shapes_config_name
+    from imagen_jax.eval import sr_fidelity
+    from imagen_jax.eval.dataset_check import dataset_images
+
+    stage = cascade.stages[-1]
+    shapes = parse_shapes_config_name(data_config.name.split("/", 1)[1])
+    truth, captions = dataset_images(num_images, stage.image_size, seed=shapes.seed, split="test")
+    low = np.stack([downsample(image, stage.low_res_size, method=data_config.low_res_method) for image in truth])
+    embedding, mask = cascade.encode(captions)
+    outputs = cascade.run_stage_batched(len(cascade.stages) - 1, embedding, mask, jax.random.key(seed + 1),
+                                        batch_size=batch_size, low_res=low.astype(np.float32) / 127.5 - 1.0)
+    return sr_fidelity(to_uint8(outputs), truth, low)
+
+
+def sweep_table(rows: list[dict]) -> str:
+    lines = ["guidance sweep (base stage): prompt accuracy / pixels outside [-1, 1]",
+             f"  {'w':>4} {'dynamic thr.':>22} {'no threshold':>22}"]
+    for row in rows:
+        cells = [f"{100 * row[t]['accuracy']:5.1f}% / {100 * row[t]['out_of_range']:5.2f}%" for t in ("dynamic", "none")]
+        lines.append(f"  {row['guidance_weight']:4g} {cells[0]:>22} {cells[1]:>22}")
+    return "\n".join(lines)
+
+
+def run_demo(config, workdir: str, *, override: bool = False, progress: bool = True) -> dict:
+    """Train both stages, sample, evaluate; returns the eval dict written to eval.json."""
+    from imagen_jax.eval import prompt_accuracy
+    from imagen_jax.eval.report import accuracy_table, fidelity_table, write_json
+    from imagen_jax.pipeline import Cascade
+    from imagen_jax.pipeline.outputs import write_images
+    from imagen_jax.train.loop import train
+
+    workdir = os.path.abspath(workdir)
+    seconds, result = {}, {}
+    stage_dirs = [os.path.join(workdir, "base"), os.path.join(workdir, "sr")]
+    for name, stage_dir in zip(("base", "sr"), stage_dirs):
+        start = time.perf_counter()
+        print(f"== training the {name} stage ({config[name].train.steps} steps) in {stage_dir}", file=sys.stderr)
+        result[f"train_{name}"] = train(config[name], stage_dir, override=override, progress=progress)
+        seconds[f"train_{name}"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    ev = config.eval
+    cascade = Cascade.from_workdirs(stage_dirs)
+    prompts = list(ev.prompts)
+    out = cascade.sample(prompts, seed=ev.seed, batch_size=ev.batch_size, progress=progress)
+    samples = os.path.join(workdir, "samples")
+    write_images(samples, prompts, out.final)
+    write_images(os.path.join(samples, "base"), prompts, out.images[0], upscale_to=64)
+    side_by_side = np.stack([out.images[0].repeat(2, axis=1).repeat(2, axis=2), out.final], axis=1)
+    save_png(make_grid(side_by_side.reshape((-1,) + out.final.shape[1:]), columns=10, upscale_to=96),
+             os.path.join(samples, "cascade.png"))
+    result["base_accuracy"] = prompt_accuracy(out.images[0], prompts)
+    result["final_accuracy"] = prompt_accuracy(out.final, prompts)
+    two = list(ev.two_object_prompts)
+    if two:
+        two_out = cascade.sample(two, seed=ev.seed, batch_size=ev.batch_size, progress=progress)
+        write_images(os.path.join(samples, "two_object"), two, two_out.final, upscale_to=64)
+        result["two_object_accuracy"] = prompt_accuracy(two_out.images[0], two)
+    seconds["sample"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    result["guidance_sweep"] = guidance_sweep(cascade, prompts, ev.guidance_weights, seed=ev.seed,
+                                              batch_size=ev.batch_size)
+    result["sr_fidelity"] = sr_fidelity_on_test_images(cascade, config.sr.data, ev.sr_images, seed=ev.seed,
+                                                       batch_size=ev.batch_size)
+    seconds["eval"] = time.perf_counter() - start
+    result["seconds"] = seconds
+    write_json(result, os.path.join(workdir, "eval.json"))
+
+    print("\n" + accuracy_table(result["base_accuracy"]).replace("prompt accuracy", "base stage (32 px) prompt accuracy"))
+    print(f"final (64 px) prompt accuracy: {100 * result['final_accuracy']['correct']:.1f}%")
+    if two:
+        print(f"two-object prompts (base stage): {100 * result['two_object_accuracy']['correct']:.1f}% correct")
+    print(sweep_table(result["guidance_sweep"]))
+    print(fidelity_table(result["sr_fidelity"]))
+    total = sum(seconds.values())
+    print("time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + f"; total {total / 60:.1f} min")
+    print(f"samples: {samples}/grid.png, cascade.png; results: {workdir}/eval.json")
+    return result
+
+
+def run(args) -> int:
+    from imagen_jax.config import apply_overrides, load_config
+    from imagen_jax.pipeline import WorkdirError
+    from imagen_jax.train.loop import ConfigMismatchError, TrainingDivergedError
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    if not os.path.exists(args.config.split(":")[0]):
+        raise SystemExit(f"imagen-jax demo: no config {args.config!r}; run it from the repository root "
+                         f"or pass --config path/to/configs/demo.py.")
+    try:
+        config = apply_overrides(load_config(args.config), args.config_overrides)
+        run_demo(config, args.workdir, override=args.override, progress=not args.no_progress)
+    except (ConfigMismatchError, TrainingDivergedError, WorkdirError, FileNotFoundError, ValueError) as error:
+        raise SystemExit(f"imagen-jax demo: {error}") from None
+    return 0
