@@ -55,8 +55,10 @@ def test_rules_from_config_accepts_json_lists():
 
 
 def test_partial_multihost_settings_are_one_clear_error(monkeypatch):
-    from imagen_jax.parallel import initialize
+    from imagen_jax.parallel import distributed, initialize
 
+    # An earlier in-process `train` (the demo test) has already initialized this process.
+    monkeypatch.setattr(distributed, "_initialized", False)
     monkeypatch.setenv("IMAGEN_JAX_COORDINATOR", "127.0.0.1:1234")
     monkeypatch.delenv("IMAGEN_JAX_NUM_PROCESSES", raising=False)
     monkeypatch.delenv("IMAGEN_JAX_PROCESS_ID", raising=False)
