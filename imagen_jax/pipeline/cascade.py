@@ -20,6 +20,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
@@ -58,7 +59,7 @@ def load_ema_params(workdir: str, config: dict, step: int | None = None, shardin
         step = max(steps)
     elif step not in steps:
         raise WorkdirError(f"{workdir!r} has no checkpoint at step {step}; it has {sorted(steps)}.")
-    shapes = nn.meta.unbox(abstract_params(build_model(config["model"]), _AttrDict.wrap(config)))
+    shapes = nn.meta.unbox(abstract_params(build_model(config["model"]), ml_collections.ConfigDict(config)))
     sharding = sharding or replicated(local_mesh())
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
     with ocp.PyTreeCheckpointer() as checkpointer:
@@ -80,22 +81,6 @@ def local_mesh(devices=None) -> Mesh:
 
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
-
-
-class _AttrDict(dict):
-    """A JSON config read back with attribute access (what dummy_inputs reads)."""
-
-    @classmethod
-    def wrap(cls, value):
-        if isinstance(value, dict):
-            return cls({k: cls.wrap(v) for k, v in value.items()})
-        return value
-
-    def __getattr__(self, name):
-        try:
-            return self[name]
-        except KeyError as e:
-            raise AttributeError(name) from e
 
 
 @dataclasses.dataclass

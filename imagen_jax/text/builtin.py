@@ -11,6 +11,8 @@ the prompt's tokens and positions but no learned language knowledge.
 
 from __future__ import annotations
 
+import dataclasses
+
 from imagen_jax.text.config import T5EncoderConfig
 
 TINY_RANDOM_BYT5 = "tiny-random-byt5"
@@ -30,35 +32,22 @@ WORDS: tuple[str, ...] = (
     "over", "beside", "between", "corner", "side", "two", "one", "three", "no", "not", "empty", "plain",
 )
 
+# The shared architecture: 4 layers, d_model 256, gated-GELU (T5 v1.1); 2.6-2.7M parameters.
+_TINY_T5 = T5EncoderConfig(
+    vocab_size=384,  # ByT5Tokenizer's ids
+    d_model=256,
+    d_kv=64,
+    d_ff=512,
+    num_layers=4,
+    num_heads=4,
+    relative_attention_num_buckets=32,
+    relative_attention_max_distance=128,
+    feed_forward_proj="gated-gelu",
+)
+
 BUILTIN_ENCODERS: dict[str, tuple[T5EncoderConfig, int]] = {
-    # name: (config, seed). vocab 384 = ByT5Tokenizer's ids; 2.7M parameters.
-    TINY_RANDOM_BYT5: (
-        T5EncoderConfig(
-            vocab_size=384,
-            d_model=256,
-            d_kv=64,
-            d_ff=512,
-            num_layers=4,
-            num_heads=4,
-            relative_attention_num_buckets=32,
-            relative_attention_max_distance=128,
-            feed_forward_proj="gated-gelu",
-        ),
-        0,
-    ),
-    # vocab 128 >= 3 + len(WORDS), a multiple of 64; 2.6M parameters.
-    TINY_RANDOM_T5_WORDS: (
-        T5EncoderConfig(
-            vocab_size=128,
-            d_model=256,
-            d_kv=64,
-            d_ff=512,
-            num_layers=4,
-            num_heads=4,
-            relative_attention_num_buckets=32,
-            relative_attention_max_distance=128,
-            feed_forward_proj="gated-gelu",
-        ),
-        0,
-    ),
+    # name: (config, seed).
+    TINY_RANDOM_BYT5: (_TINY_T5, 0),
+    # vocab 128 >= 3 + len(WORDS), a multiple of 64.
+    TINY_RANDOM_T5_WORDS: (dataclasses.replace(_TINY_T5, vocab_size=128), 0),
 }
