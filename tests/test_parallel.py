@@ -22,7 +22,9 @@ class TinyMLP(nn.Module):
         w2 = self.param("w2", nn.with_logical_partitioning(nn.initializers.normal(), ("mlp", "embed")), (64, x.shape[-1]))
         odd = self.param("odd", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)), (6,))
         plain = self.param("plain", nn.initializers.zeros, (3,))
-        return jax.nn.relu(x @ w1) @ w2 + odd.sum() + plain.sum()
+        qkv = self.param("qkv", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "heads", "kv")), (x.shape[-1], 3, 8))
+        heads = self.param("heads", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "heads", "kv")), (x.shape[-1], 4, 8))
+        return jax.nn.relu(x @ w1) @ w2 + odd.sum() + plain.sum() + qkv.sum() + heads.sum()
 
 
 def test_make_mesh_shapes_and_errors():
@@ -45,6 +47,8 @@ def test_logical_shardings_follow_rules_and_fall_back_when_indivisible():
     assert shardings["w2"].spec == P("fsdp", None)
     assert shardings["odd"].spec == P(None)  # 6 is not divisible by fsdp=4: replicated
     assert shardings["plain"].spec == P(None)  # no names: replicated
+    assert shardings["heads"].spec == P(None, "fsdp", None)  # 'heads' outranks 'embed'
+    assert shardings["qkv"].spec == P("fsdp", None, None)  # 3 heads do not divide fsdp=4: 'embed' takes it
     assert batch_sharding(mesh, 4).spec == P(("data", "fsdp"), None, None, None)
 
 
