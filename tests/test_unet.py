@@ -176,6 +176,28 @@ def test_unperturbed_init_predicts_zero():
     np.testing.assert_array_equal(out, 0.0)
 
 
+def test_low_res_skip_starts_as_the_upsampling():
+    """model.low_res_skip: a fresh SR model (zero-initialised conv_out) predicts exactly the
+    upsampled low-res input, so an x-predicting stage starts from the upsampling; the skip
+    is trained like every other parameter; a base model refuses the option."""
+    from imagen_jax.models.conditioning import upsample_low_res
+
+    config = tiny_config("efficient_self", low_res_skip=True, low_res_resize="bicubic")
+    model = build_model(config.model)
+    inputs = make_inputs(config, jax.random.key(12))
+    params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), **dummy_inputs(config))["params"])
+    out = jax.jit(lambda p, x: model.apply({"params": p}, **x))(params, inputs)
+    expected = upsample_low_res(inputs["low_res"], 16, 16, "bicubic")
+    np.testing.assert_allclose(out, expected, atol=1e-6)
+    assert params["low_res_skip"]["kernel"].shape == (1, 1, 3, 3)
+    grads = jax.grad(lambda p: jnp.mean(model.apply({"params": p}, **inputs) ** 2))(params)
+    assert float(jnp.sum(jnp.abs(grads["low_res_skip"]["kernel"]))) > 0
+    with pytest.raises(ValueError, match="low_res_conditioning"):
+        build_model(ml_collections.ConfigDict(dict(TINY["efficient_self"]["model"], low_res_skip=True,
+                                                   low_res_conditioning=False))).init(
+            jax.random.key(0), inputs["z"], inputs["logsnr"], inputs["text_embedding"], inputs["text_mask"])
+
+
 def test_determinism():
     config, _, params, apply = setup("unet")
     inputs = make_inputs(config, jax.random.key(9))

@@ -9,6 +9,12 @@ Per level l: channels[l], num_res_blocks[l], strides[l], attention[l].
 attention[l]: "none", "self" (self-attention with the text tokens concatenated to its keys
 and values, sr256) or "cross" (text cross-attention only, sr1024); once after the level's
 ResNet blocks, or after each of them with attention_every_block.
+
+low_res_skip (off in the paper configs): the output adds a 1x1 conv of the upsampled
+low-res input, initialised to the identity, so an x-predicting stage starts out as the
+upsampling itself and learns the correction. Small stages trained for a few hundred steps
+need it: without it their x-prediction error on clean low-res inputs was still 2-4x
+bicubic upsampling's after 300 steps (benchmarks/README.md, demo).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import jax.numpy as jnp
 
 from imagen_jax.models.attention import CrossAttention, SelfAttention
 from imagen_jax.models.conditioning import UNetCommon
-from imagen_jax.models.layers import GroupNorm, conv, dense, upsample_2x
-from imagen_jax.models.partitioning import image_constraint
+from imagen_jax.models.layers import GroupNorm, conv, dense, upsample_2x, zeros
+from imagen_jax.models.partitioning import image_constraint, partitioned
 
 ATTENTION_KINDS = ("none", "self", "cross")
 SKIP_SCALE = 1.0 / math.sqrt(2.0)
@@ -35,6 +41,7 @@ class EfficientUNet(UNetCommon):
     strides: tuple[int, ...] = (2, 2, 2, 2)
     attention: tuple[str, ...] = ("none", "none", "none", "self")
     attention_every_block: bool = False  # attention after every ResNet block of a level, not once after them
+    low_res_skip: bool = False  # add a 1x1 conv of the upsampled low-res image, initialised to identity
     head_dim: int | None = None
     num_heads: int | None = 8
 
@@ -49,6 +56,8 @@ class EfficientUNet(UNetCommon):
         for stride in self.strides:
             if stride not in (1, 2):
                 raise ValueError(f"model.strides entries must be 1 or 2, got {stride}")
+        if self.low_res_skip and not self.low_res_conditioning:
+            raise ValueError("model.low_res_skip adds the upsampled low-res image to the output: it needs model.low_res_conditioning=True (an SR stage)")
         factor = math.prod(self.strides)
         if z.shape[1] % factor or z.shape[2] % factor:
             raise ValueError(f"image size {z.shape[1:3]} must be divisible by prod(model.strides) = {factor}")
@@ -101,4 +110,10 @@ class EfficientUNet(UNetCommon):
 
         h = GroupNorm(self.norm_groups, name="norm_out", **kw)(h, swish=True)
         out = conv(self.out_channels, 3, zero_init=True, out_axis=None, name="conv_out", **kw)(h)
+        if self.low_res_skip:
+            upsampled = x[..., z.shape[-1]:]
+            identity = lambda key, shape, dtype: jnp.eye(shape[-2], shape[-1], dtype=dtype).reshape(shape)  # noqa: E731
+            out = out + nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
+                                kernel_init=partitioned(identity, None, None, None, None),
+                                bias_init=partitioned(zeros, None), name="low_res_skip")(upsampled)
         return image_constraint(out.astype(jnp.float32))
