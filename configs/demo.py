@@ -11,6 +11,8 @@ Sections:
   eval.guidance_weights     the base stage's guidance sweep (dynamic vs no thresholding)
   eval.sr_images            true test images for SR fidelity (SR vs bicubic, PSNR/SSIM)
   eval.seed, eval.batch_size  sampling seed and prompts per sampler call
+  eval.accuracy_seeds   the base stage's prompt accuracy is also scored over this many
+                        seeds (eval.seed, eval.seed + 1, ...): one seed varies by +-15 points
 """
 
 import ml_collections
@@ -86,20 +88,34 @@ def _demo() -> ml_collections.ConfigDict:
     config.base.data.image_size = 32  # read the 64 px scenes at 32 px
     config.base.sampling.guidance_weight = 5.0  # the paper's samples use 5 (SPEC 3)
     config.sr = _stage(shapes_sr64, steps=500, checkpoint_every=250)
-    # x-prediction (SPEC 3 allows eps, x, v): after 100-200 steps, eps and v SR stages had not
-    # learned the low noise levels yet (their samples were noise); an x-predicting stage's
-    # error there is a smooth image error, and its loss is the MSE to the true image. No
-    # min-SNR weighting: SR detail lives at the low noise levels min-SNR turns down.
+    # x-prediction (SPEC 3 allows eps, x, v): after 100-300 steps, eps and v SR stages had not
+    # learned the low noise levels (their samples were noise); an x-predicting stage's error
+    # is a smooth image error, and its loss is the MSE to the true image. No min-SNR
+    # weighting: SR detail lives at the low noise levels min-SNR turns down.
     config.sr.diffusion.prediction = "x"
     config.sr.diffusion.min_snr_gamma = None
-    config.sr.optimizer.peak_lr = 1e-3
+    # The stage starts as bicubic upsampling (model.low_res_skip, identity-initialised) and
+    # learns the correction; measured at 500 steps, sampled PSNR on test images 19-21 dB without it.
+    config.sr.model.low_res_skip = True
+    config.sr.model.low_res_resize = "bicubic"
+    config.sr.optimizer.peak_lr = 5e-4
+    # Noise conditioning augmentation (SPEC 3: level ~ U[0, 1] per example; the schedule is
+    # ours): a mild one, noise std 0 at level 0 to 0.17 at level 1 (log-SNR 3.5). With the
+    # cosine schedule most examples' low-res images are mostly noise, and in 300 steps the
+    # stage learned 3x worse predictions on clean inputs than with this one.
+    config.sr.diffusion.aug_schedule = dict(kind="linear", beta_start=1e-5, beta_end=5e-5)
     config.sr.sampling.guidance_weight = 1.0  # SR guidance sharpens little here and doubles the cost
+    # Static thresholding: dynamic thresholding rescales a whole image whose white or black
+    # areas overshoot +-1 by a little (0.5% of pixels suffice), which dims and tints SR
+    # outputs (measured: 32.1 dB dynamic vs 34.3 dB static, bicubic 32.9).
+    config.sr.sampling.threshold = "static"
     config.eval = ml_collections.ConfigDict(dict(
         prompts=demo_prompts(),
         two_object_prompts=TWO_OBJECT_PROMPTS,
         guidance_weights=(1.0, 3.0, 5.0, 8.0),
         sr_images=64,
         seed=0,
+        accuracy_seeds=4,
         batch_size=32,
     ))
     return config
@@ -129,5 +145,6 @@ def _smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.eval.two_object_prompts = config.eval.two_object_prompts[:1]
     config.eval.guidance_weights = (1.0, 5.0)
     config.eval.sr_images = 3
+    config.eval.accuracy_seeds = 2
     config.eval.batch_size = 4
     return config

@@ -7,7 +7,8 @@
    an interrupted demo resumes from the stages' checkpoints);
 2. samples the fixed prompt list through the cascade: <workdir>/samples/ (one PNG per
    prompt, grid.png, cascade.png = base beside SR, manifest.json);
-3. evaluates: prompt accuracy of the base and final images, the base stage's guidance
+3. evaluates: prompt accuracy of the base and final images (the base stage also over
+   eval.accuracy_seeds sampling seeds), the base stage's guidance
    sweep (accuracy and out-of-range pixels with dynamic vs no thresholding), and SR
    fidelity against true test images next to bicubic; prints the tables and writes
    <workdir>/eval.json (with the time each part took).
@@ -61,6 +62,22 @@ def guidance_sweep(cascade, prompts: list[str], weights, *, seed: int, batch_siz
                               "out_of_range": out_of_range_fraction(images)}
         rows.append(row)
     return rows
+
+
+def base_accuracy_over_seeds(cascade, prompts: list[str], seeds, *, batch_size: int) -> dict:
+    """Base stage only: prompt accuracy for each sampling seed (one seed of 30 prompts
+    varies by +-15 points), and the mean and range over them."""
+    from imagen_jax.eval import prompt_accuracy
+
+    embedding, mask = cascade.encode(prompts)
+    per_seed = []
+    for seed in seeds:
+        images = cascade.run_stage_batched(0, embedding, mask, jax.random.key(seed), batch_size=batch_size)
+        result = prompt_accuracy(to_uint8(images), prompts)
+        per_seed.append({"seed": int(seed), **{k: result[k] for k in ("correct", "color", "shape", "count")}})
+    correct = [row["correct"] for row in per_seed]
+    return {"per_seed": per_seed, "mean": float(np.mean(correct)), "min": float(min(correct)), "max": float(max(correct)),
+            **{f"mean_{k}": float(np.mean([row[k] for row in per_seed])) for k in ("color", "shape", "count")}}
 
 
 def sr_fidelity_on_test_images(cascade, data_config, num_images: int, *, seed: int, batch_size: int) -> dict:
@@ -128,6 +145,8 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
     seconds["sample"] = time.perf_counter() - start
 
     start = time.perf_counter()
+    seeds = range(ev.seed, ev.seed + ev.get("accuracy_seeds", 1))
+    result["base_accuracy_over_seeds"] = base_accuracy_over_seeds(cascade, prompts, seeds, batch_size=ev.batch_size)
     result["guidance_sweep"] = guidance_sweep(cascade, prompts, ev.guidance_weights, seed=ev.seed,
                                               batch_size=ev.batch_size)
     result["sr_fidelity"] = sr_fidelity_on_test_images(cascade, config.sr.data, ev.sr_images, seed=ev.seed,
@@ -138,6 +157,11 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
 
     print("\n" + accuracy_table(result["base_accuracy"]).replace("prompt accuracy", "base stage (32 px) prompt accuracy"))
     print(f"final (64 px) prompt accuracy: {100 * result['final_accuracy']['correct']:.1f}%")
+    over = result["base_accuracy_over_seeds"]
+    seeds = [row["seed"] for row in over["per_seed"]]
+    per_seed = ", ".join(f"{100 * row['correct']:.1f}" for row in over["per_seed"])
+    print(f"base stage over sampling seeds {seeds}: mean {100 * over['mean']:.1f}% correct (per seed {per_seed}; "
+          f"color {100 * over['mean_color']:.1f}%, shape {100 * over['mean_shape']:.1f}%)")
     if two:
         print(f"two-object prompts (base stage): {100 * result['two_object_accuracy']['correct']:.1f}% correct")
     print(sweep_table(result["guidance_sweep"]))

@@ -16,6 +16,9 @@ def test_demo_smoke_runs_end_to_end(tmp_path, monkeypatch, capsys):
     result = json.loads((workdir / "eval.json").read_text())
     assert result["base_accuracy"]["num_images"] == 3 and 0.0 <= result["base_accuracy"]["correct"] <= 1.0
     assert result["two_object_accuracy"]["num_two_object"] == 1
+    over = result["base_accuracy_over_seeds"]
+    assert [row["seed"] for row in over["per_seed"]] == [0, 1]
+    assert over["min"] <= over["mean"] <= over["max"]
     sweep = result["guidance_sweep"]
     assert [row["guidance_weight"] for row in sweep] == [1.0, 5.0]
     # Dynamic thresholding returns in-range pixels by construction; no thresholding need not.
