@@ -14,7 +14,7 @@ low_res_skip (off in the paper configs): the output adds a 1x1 conv of the upsam
 low-res input, initialised to the identity, so an x-predicting stage starts out as the
 upsampling itself and learns the correction. Small stages trained for a few hundred steps
 need it: without it their x-prediction error on clean low-res inputs was still 2-4x
-bicubic upsampling's after 300 steps (benchmarks/README.md, demo).
+bicubic upsampling's after 300 steps (configs/demo.py, README: The demo).
 """
 
 from __future__ import annotations
