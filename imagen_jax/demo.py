@@ -145,8 +145,9 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
     seconds["sample"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    seeds = range(ev.seed, ev.seed + ev.get("accuracy_seeds", 1))
-    result["base_accuracy_over_seeds"] = base_accuracy_over_seeds(cascade, prompts, seeds, batch_size=ev.batch_size)
+    accuracy_seeds = range(ev.seed, ev.seed + ev.get("accuracy_seeds", 1))
+    result["base_accuracy_over_seeds"] = base_accuracy_over_seeds(cascade, prompts, accuracy_seeds,
+                                                                  batch_size=ev.batch_size)
     result["guidance_sweep"] = guidance_sweep(cascade, prompts, ev.guidance_weights, seed=ev.seed,
                                               batch_size=ev.batch_size)
     result["sr_fidelity"] = sr_fidelity_on_test_images(cascade, config.sr.data, ev.sr_images, seed=ev.seed,
