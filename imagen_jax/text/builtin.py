@@ -6,7 +6,15 @@ the prompt's tokens and positions but no learned language knowledge.
 - "tiny-random-t5-words": a word-level tokenizer over a small English vocabulary (the
   shapes dataset's words and common function words; anything else is <unk>). One token
   per word makes a color or shape one embedding for the UNet to find, not a run of
-  bytes, so a stage learns to follow prompts in far fewer steps (the built-in demo).
+  bytes, so a stage learns to follow prompts in far fewer steps.
+- "tiny-random-t5-words-ordered" (the built-in demo's): the same, with the relative
+  position biases drawn at std 1 instead of T5's d_model^-0.5. With T5's initialization
+  every head's attention is nearly uniform, so a token's output does not say which words
+  surround it: from the output of "white" in "a red circle on a white background", a
+  linear probe tells background from object colors no better than always guessing
+  "object" (74.7% against a 73.3% base rate, shapes captions). With std-1 biases each
+  head favours a few relative offsets, and the same probe reads the role at 99.5%. So
+  the UNet can tell which color is the object's and which the background's.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from imagen_jax.text.config import T5EncoderConfig
 
 TINY_RANDOM_BYT5 = "tiny-random-byt5"
 TINY_RANDOM_T5_WORDS = "tiny-random-t5-words"
+TINY_RANDOM_T5_WORDS_ORDERED = "tiny-random-t5-words-ordered"
 
 # Ids 0, 1, 2 are T5's <pad>, </s>, <unk>; then these words (lowercased prompts).
 WORDS: tuple[str, ...] = (
@@ -45,9 +54,23 @@ _TINY_T5 = T5EncoderConfig(
     feed_forward_proj="gated-gelu",
 )
 
-BUILTIN_ENCODERS: dict[str, tuple[T5EncoderConfig, int]] = {
-    # name: (config, seed).
-    TINY_RANDOM_BYT5: (_TINY_T5, 0),
-    # vocab 128 >= 3 + len(WORDS), a multiple of 64.
-    TINY_RANDOM_T5_WORDS: (dataclasses.replace(_TINY_T5, vocab_size=128), 0),
+_WORDS_T5 = dataclasses.replace(_TINY_T5, vocab_size=128)  # vocab 128 >= 3 + len(WORDS), a multiple of 64
+
+
+@dataclasses.dataclass(frozen=True)
+class BuiltinEncoder:
+    """A built-in encoder's recipe: its T5 config, the seed of its random weights, its
+    tokenizer ("bytes" or "words"), and the std of its relative position biases (None:
+    T5's initialization, d_model^-0.5)."""
+
+    config: T5EncoderConfig
+    seed: int
+    tokenizer: str
+    position_bias_std: float | None = None
+
+
+BUILTIN_ENCODERS: dict[str, BuiltinEncoder] = {
+    TINY_RANDOM_BYT5: BuiltinEncoder(_TINY_T5, 0, "bytes"),
+    TINY_RANDOM_T5_WORDS: BuiltinEncoder(_WORDS_T5, 0, "words"),
+    TINY_RANDOM_T5_WORDS_ORDERED: BuiltinEncoder(_WORDS_T5, 0, "words", position_bias_std=1.0),
 }

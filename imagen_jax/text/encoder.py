@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from imagen_jax.text.builtin import BUILTIN_ENCODERS, TINY_RANDOM_T5_WORDS, WORDS
+from imagen_jax.text.builtin import BUILTIN_ENCODERS, WORDS
 from imagen_jax.text.config import T5EncoderConfig
 from imagen_jax.text.hf_checkpoint import load_hf_checkpoint
 from imagen_jax.text.t5 import abstract_params, encode_tokens, init_params
@@ -129,11 +129,14 @@ def load_text_encoder(
     """A TextEncoder from a built-in name (see BUILTIN_ENCODERS), a local Hugging Face
     checkpoint directory, or a Hugging Face hub id (downloaded when the network allows)."""
     if name_or_path in BUILTIN_ENCODERS:
-        config, seed = BUILTIN_ENCODERS[name_or_path]
-        params = jax.tree.map(np.asarray, init_params(config, seed, param_dtype))
+        recipe = BUILTIN_ENCODERS[name_or_path]
+        params = jax.tree.map(np.asarray, init_params(recipe.config, recipe.seed, param_dtype))
+        if recipe.position_bias_std is not None:  # T5's init draws them at std d_model^-0.5
+            scale = recipe.position_bias_std / recipe.config.d_model**-0.5
+            params["relative_position_bias"]["embedding"] = params["relative_position_bias"]["embedding"] * scale
         kwargs = dict(max_length=max_length, dtype=dtype, **encoder_kwargs)
-        tokenizer = word_tokenizer(WORDS) if name_or_path == TINY_RANDOM_T5_WORDS else byt5_tokenizer()
-        return TextEncoder(name_or_path, config, params, tokenizer, **kwargs)
+        tokenizer = word_tokenizer(WORDS) if recipe.tokenizer == "words" else byt5_tokenizer()
+        return TextEncoder(name_or_path, recipe.config, params, tokenizer, **kwargs)
     checkpoint_dir = name_or_path if os.path.isdir(name_or_path) else download_checkpoint(name_or_path)
     config, params = load_hf_checkpoint(checkpoint_dir, param_dtype)
     if os.path.isdir(name_or_path):
