@@ -24,7 +24,10 @@ from imagen_jax.data.shapes_scene import COLOR_NAMES, SHAPES
 DATASET = "imagen_shapes/64px_train10000"  # 64 px scenes; the base stage reads them at 32 px
 # One token per word: a random T5 over bytes needs many more steps before a stage follows
 # its prompts (measured: no text use after 700 steps); the longest caption is 22 tokens.
-TEXT_ENCODER = "tiny-random-t5-words"
+# "-ordered": relative position biases at std 1, so a color word's output says whether it
+# names the object or the background (measured: base accuracy over seeds 0-3, mean 39.2%
+# with tiny-random-t5-words, 60.0% with this one).
+TEXT_ENCODER = "tiny-random-t5-words-ordered"
 MAX_TEXT_LENGTH = 24
 
 
