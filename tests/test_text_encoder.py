@@ -191,13 +191,11 @@ def test_word_encoder_gives_one_token_per_word_and_covers_the_shapes_captions():
     assert embedding.shape == (2, 24, 256) and not np.allclose(embedding[0], embedding[1])
 
 
-def _color_role_probe_accuracy(encoder_name: str) -> tuple[float, float]:
+def _color_role_probe_accuracy(encoder) -> tuple[float, float]:
     """Held-out accuracy of a ridge probe that reads, from the output at a color word alone,
     whether that word names the background (is followed by "background"); and the base rate."""
     from imagen_jax.data.shapes_scene import COLOR_NAMES, sample_scene
-    from imagen_jax.text.encoder import load_text_encoder
 
-    encoder = load_text_encoder(encoder_name, max_length=24)
     captions = [sample_scene(0, i).caption for i in range(1200)]
     embedding, _ = encoder.encode(captions)
     ids, _ = encoder.tokenize(captions)
@@ -216,11 +214,11 @@ def _color_role_probe_accuracy(encoder_name: str) -> tuple[float, float]:
 def test_ordered_word_encoder_tells_a_words_role_from_its_neighbours():
     from imagen_jax.text.encoder import load_text_encoder
 
-    accuracy, base_rate = _color_role_probe_accuracy("tiny-random-t5-words-ordered")
-    plain_accuracy, _ = _color_role_probe_accuracy("tiny-random-t5-words")
-    assert accuracy > 0.97 and plain_accuracy < base_rate + 0.05, (accuracy, plain_accuracy, base_rate)
     ordered = load_text_encoder("tiny-random-t5-words-ordered", max_length=24)
     plain = load_text_encoder("tiny-random-t5-words", max_length=24)
+    accuracy, base_rate = _color_role_probe_accuracy(ordered)
+    plain_accuracy, _ = _color_role_probe_accuracy(plain)
+    assert accuracy > 0.97 and plain_accuracy < base_rate + 0.05, (accuracy, plain_accuracy, base_rate)
     np.testing.assert_array_equal(ordered.tokenize(["a red circle"])[0], plain.tokenize(["a red circle"])[0])
     bias, plain_bias = (e.params["relative_position_bias"]["embedding"] for e in (ordered, plain))
     np.testing.assert_allclose(np.asarray(bias), np.asarray(plain_bias) * 16.0, rtol=1e-6)  # std 1 vs 256^-0.5
