@@ -68,3 +68,26 @@ def test_partial_multihost_settings_are_one_clear_error(monkeypatch):
     monkeypatch.delenv("IMAGEN_JAX_PROCESS_ID", raising=False)
     with pytest.raises(ValueError, match="num_processes, process_id missing.*IMAGEN_JAX_NUM_PROCESSES"):
         initialize()
+
+
+def test_train_step_pins_activations_to_the_batch_shards():
+    """Without a rules context the models' nn.with_logical_constraint calls vanish from the
+    program; `lower_training` traces under `activation_sharding`, so every ResNet block's
+    output is constrained to batch over (data, fsdp) and nothing else."""
+    import re
+
+    from imagen_jax.config import load_config
+    from imagen_jax.train.loop import lower_training
+
+    config = load_config("configs/demo.py:smoke").base
+    mesh = make_mesh(data=2, fsdp=4)
+    text = lower_training(config, mesh, DEFAULT_RULES, global_batch=8).lowered.as_text()
+    constraints = re.findall(r"sdy\.sharding_constraint[^<]*<@mesh, \[([^\]]*)\]>", text)
+    image_features = [c for c in constraints if c.count("{") == 4]  # [B, H, W, C]
+    assert len(image_features) >= 10, constraints
+    assert set(image_features) == {'{"data", "fsdp"}, {}, {}, {}'}
+    assert all(c.startswith('{"data", "fsdp"}') for c in constraints)
+
+    config.train.grad_accum_steps = 2  # micro-batches of 4 cannot spread over 8 shards
+    with pytest.raises(ValueError, match="grad_accum_steps=2"):
+        lower_training(config, mesh, DEFAULT_RULES, global_batch=8)

@@ -4,6 +4,7 @@ from imagen_jax.parallel.distributed import initialize
 from imagen_jax.parallel.mesh import MESH_AXES, batch_axis_size, make_mesh
 from imagen_jax.parallel.rules import (
     DEFAULT_RULES,
+    activation_sharding,
     batch_sharding,
     logical_shardings,
     rules_from_config,
@@ -12,6 +13,7 @@ from imagen_jax.parallel.rules import (
 __all__ = [
     "DEFAULT_RULES",
     "MESH_AXES",
+    "activation_sharding",
     "batch_axis_size",
     "batch_sharding",
     "initialize",

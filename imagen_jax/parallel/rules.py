@@ -11,6 +11,8 @@ The rules are data: the config's `mesh.rules` can replace these defaults.
 
 from __future__ import annotations
 
+import contextlib
+
 import flax.linen as nn
 import jax
 from jax.sharding import NamedSharding, PartitionSpec
@@ -99,3 +101,15 @@ def logical_shardings(abstract_tree, mesh, rules=DEFAULT_RULES):
 def batch_sharding(mesh, ndim: int) -> NamedSharding:
     """Shard the leading (batch) axis over (data, fsdp); the rest replicated."""
     return NamedSharding(mesh, PartitionSpec(("data", "fsdp"), *([None] * (ndim - 1))))
+
+
+@contextlib.contextmanager
+def activation_sharding(mesh, rules=DEFAULT_RULES):
+    """Within this context, tracing a model pins its named activations
+    (nn.with_logical_constraint: batch, height, width, channels, length) to `mesh` by
+    `rules`; outside it those constraints are no-ops and XLA's propagation alone decides
+    how activations are laid out, which with fsdp-sharded weights may split them by
+    channel instead of by example. Wrap the trace (jit(...).lower / the first call) only:
+    the state's own shardings come from `logical_shardings`."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield

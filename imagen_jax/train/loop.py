@@ -29,6 +29,7 @@ from imagen_jax.diffusion import SamplerConfig, Schedule
 from imagen_jax.images import make_grid, save_png, to_uint8
 from imagen_jax.models import build_model, dummy_inputs
 from imagen_jax.parallel import (
+    activation_sharding,
     batch_axis_size,
     batch_sharding,
     initialize,
@@ -270,12 +271,15 @@ class LoweredTraining:
 def lower_training(config, mesh, rules, global_batch: int) -> LoweredTraining:
     """Build the model and optimizer from `config`, derive the state's shardings on `mesh`
     (jax.eval_shape: no memory) and lower the real train step with in/out shardings and
-    donation of the state."""
-    if global_batch % batch_axis_size(mesh):
+    donation of the state. The step is traced under `activation_sharding(mesh, rules)`, so
+    the models' activation constraints (batch over data x fsdp) are in the program."""
+    accum = int(config.train.get("grad_accum_steps", 1))
+    if global_batch % (batch_axis_size(mesh) * accum):
         raise ValueError(
             f"train.batch_size={global_batch} must be divisible by the {batch_axis_size(mesh)} batch shards "
-            f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}); change --config.train.batch_size "
-            "or --config.mesh.data / --config.mesh.fsdp"
+            f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}) times train.grad_accum_steps={accum}, "
+            "so that every micro-batch spreads evenly over the shards; change --config.train.batch_size, "
+            "--config.train.grad_accum_steps or --config.mesh.data / --config.mesh.fsdp"
         )
     model = build_model(config.model)
     optimizer, lr_schedule = make_optimizer(config.optimizer)
@@ -289,11 +293,12 @@ def lower_training(config, mesh, rules, global_batch: int) -> LoweredTraining:
     batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_specs.items()}
     step_fn = make_train_step(model, optimizer, lr_schedule, config)
     key_spec = jax.eval_shape(lambda: jax.random.key(0))
-    lowered = (
-        jax.jit(step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None),
-                donate_argnums=0)
-        .lower(abstract_state, batch_specs, key_spec)
-    )
+    with activation_sharding(mesh, rules):
+        lowered = (
+            jax.jit(step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None),
+                    donate_argnums=0)
+            .lower(abstract_state, batch_specs, key_spec)
+        )
     return LoweredTraining(model, optimizer, init_params_fn, abstract_state, shardings, batch_specs,
                            batch_shardings, lowered)
 
