@@ -7,10 +7,10 @@ fully convolutional, the trained model samples at 1024 from 256px inputs (sample
 image_size=1024 and a 256px low_res). Noise schedule: linear (SPEC 1). Training otherwise as
 sr256: Adam, batch 2048, peak lr 1e-4, 10k warmup, cosine decay over 2.5M steps, and the same
 settings for 64 TPU v4 chips (v4-128): full FSDP, remat, 2 accumulated micro-batches of 16 per
-chip. compile-check refuses 32 per chip (35.4 GiB of temporaries; README,
-benchmarks/results/compile_check_sr1024_400m_v4-128_accum1.json); the full compile of the
-16-per-chip step did not finish on the 2-core machine these configs were checked on: rerun
-compile-check before renting the slice.
+chip. compile-check refuses 32 per chip (35.3 GiB of temporaries; README,
+benchmarks/results/compile_check_sr1024_400m_v4-128_accum1.json); the 16-per-chip step was
+not compiled on the 24 GB machine these configs were checked on (sr256's ran out of RAM):
+rerun compile-check on a larger machine before renting the slice.
 """
 
 import ml_collections

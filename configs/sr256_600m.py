@@ -12,10 +12,10 @@ the built-in 256px shapes dataset with 64px low-res inputs.
 For 64 TPU v4 chips (v4-128): parameters, EMA and Adam state fully sharded (mesh data 1 x
 fsdp 64), each ResNet block rematerialized, and the batch of 2048 taken as 2 accumulated
 micro-batches of 16 per chip. `imagen-jax compile-check --topology v4-128` refuses 32 per chip
-(38.8 GiB of temporaries against the 30.75 GiB XLA can use on a v4 chip; README,
-benchmarks/results/compile_check_sr256_600m_v4-128_accum1.json); the full compile of the
-16-per-chip step did not finish on the 2-core machine these configs were checked on: rerun
-compile-check before renting the slice.
+(35.6 GiB of temporaries against the 30.75 GiB XLA can use on a v4 chip; README,
+benchmarks/results/compile_check_sr256_600m_v4-128_accum1.json); compiling the 16-per-chip
+step took more than the 24 GB of RAM of the machine these configs were checked on (on a v4-8
+it fits in 11.2 GiB per chip): rerun compile-check on a larger machine before renting the slice.
 """
 
 import data_shapes

@@ -136,3 +136,20 @@ def test_format_report_of_recorded_paper_results():
     table = format_report(refused, "configs/sr256_600m.py")
     assert not refused.fits and refused.over_by_bytes > 0
     assert f"DOES NOT FIT: over by {refused.over_by_bytes / GIB:.2f} GiB" in table and "CompileTimeHbmOom" in table
+
+
+@needs_libtpu
+def test_accumulated_step_counts_every_micro_batch(tmp_path):
+    """XLA's cost analysis counts a loop body once; with 2 micro-batches the reported FLOPs
+    and bytes must still be those of the whole batch (about the un-accumulated step's)."""
+    reports = {}
+    for accum in (1, 2):
+        out = tmp_path / f"accum{accum}.json"
+        rc = main(["compile-check", *TINY, f"--config.train.grad_accum_steps={accum}", "--topology", "v4-8",
+                   "--batch", "16", "--output", str(out)])
+        assert rc == 0
+        reports[accum] = json.loads(out.read_text())
+    assert reports[2]["grad_accum_steps"] == 2
+    assert reports[2]["flops_per_chip"] == pytest.approx(reports[1]["flops_per_chip"], rel=0.15)
+    assert reports[2]["bytes_accessed_per_chip"] > 0.7 * reports[1]["bytes_accessed_per_chip"]
+    assert 0 < reports[2]["mfu"] < 1

@@ -54,7 +54,8 @@ def format_report(report, config_name: str = "") -> str:
         used = f"{_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM ({report.total_bytes / report.hbm_bytes:.0%})"
         xla_step = f"{report.xla_step_s:.3f} s" if report.xla_step_s is not None else "not reported"
         flops = (f"{report.model_flops_per_step / 1e12:,.1f} TFLOP model (3 x forward); "
-                 f"XLA: {report.flops_per_chip / 1e12:,.2f} TFLOP per chip, remat included")
+                 f"XLA: {report.flops_per_chip / 1e12:,.2f} TFLOP per chip, remat included"
+                 + (f" ({report.grad_accum_steps} x the micro-batch loop)" if report.grad_accum_steps > 1 else ""))
         rows += [
             ("arguments", _gib(report.argument_bytes)),
             ("temporaries", _gib(report.temp_bytes)),

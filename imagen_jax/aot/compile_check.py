@@ -54,7 +54,7 @@ class CompileReport:
     generated_code_bytes: int | None = None
     xla_peak_bytes: int | None = None  # memory_analysis().peak_memory_in_bytes (0: not reported)
     total_bytes: int | None = None  # max(XLA peak, arguments + outputs - aliased + temporaries + code)
-    flops_per_chip: float | None = None  # XLA's count of the compiled step, rematerialization included
+    flops_per_chip: float | None = None  # XLA's count of the compiled step, remat included, x micro-batches
     bytes_accessed_per_chip: float | None = None
     model_flops_per_step: float | None = None  # 3 x forward FLOPs on the global batch
     xla_step_s: float | None = None  # XLA's estimate (cost_analysis optimal_seconds); None if not given
@@ -170,9 +170,13 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
 
     costs = compiled.cost_analysis()
     costs = (costs[0] if isinstance(costs, (list, tuple)) else costs) or {}
-    report.flops_per_chip = float(costs.get("flops", 0.0))
-    report.bytes_accessed_per_chip = float(costs.get("bytes accessed", 0.0))
-    optimal = float(costs.get("optimal_seconds", -1.0))
+    # XLA's cost analysis counts a while loop's body once, and gradient accumulation is a loop
+    # over the micro-batches: scale by their number (which also counts the optimizer update,
+    # outside the loop, that many times; a small overcount, so the roofline stays a bound).
+    loops = report.grad_accum_steps
+    report.flops_per_chip = loops * float(costs.get("flops", 0.0))
+    report.bytes_accessed_per_chip = loops * float(costs.get("bytes accessed", 0.0))
+    optimal = loops * float(costs.get("optimal_seconds", -1.0))
     report.xla_step_s = optimal if optimal > 0 else None
     report.roofline_step_s = max(report.flops_per_chip / (chip.peak_tflops * 1e12),
                                  report.bytes_accessed_per_chip / (chip.hbm_gbytes_per_s * 1e9))
