@@ -26,7 +26,7 @@ DATASET = "imagen_shapes/64px_train10000"  # 64 px scenes; the base stage reads 
 # its prompts (measured: no text use after 700 steps); the longest caption is 22 tokens.
 # "-ordered": relative position biases at std 1, so a color word's output says whether it
 # names the object or the background (measured: base accuracy over seeds 0-3, mean 39.2%
-# with tiny-random-t5-words, 60.0% with this one).
+# with tiny-random-t5-words, 60.0% with this one, both at 1000 steps of 32).
 TEXT_ENCODER = "tiny-random-t5-words-ordered"
 MAX_TEXT_LENGTH = 24
 
@@ -87,8 +87,17 @@ def get_config(size: str = "") -> ml_collections.ConfigDict:
 
 def _demo() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.base = _stage(shapes_base32, steps=1000, checkpoint_every=250)
+    config.base = _stage(shapes_base32, steps=4000, checkpoint_every=1000)
     config.base.data.image_size = 32  # read the 64 px scenes at 32 px
+    # Batch 8: on 2 CPU cores a step's cost is linear in the batch (39.9 / 41.5 / 41.9 img/s
+    # at 8 / 16 / 32), so the same 32,000 images buy 4x the updates of batch 32. Measured
+    # (base accuracy, seeds 0-3, one sweep): 1000 x 32 55.0%, 2000 x 16 66.7%, 4000 x 8 73.3%.
+    # lr and EMA follow the batch: lr ~ sqrt(batch) from 2e-3 at 32, the EMA's horizon and
+    # the warmup kept in images.
+    config.base.train.batch_size = 8
+    config.base.optimizer.peak_lr = 1e-3
+    config.base.optimizer.warmup_steps = 200
+    config.base.train.ema_decay = 0.99875
     config.base.sampling.guidance_weight = 5.0  # the paper's samples use 5 (SPEC 3)
     config.sr = _stage(shapes_sr64, steps=500, checkpoint_every=250)
     # x-prediction (SPEC 3 allows eps, x, v): after 100-300 steps, eps and v SR stages had not
