@@ -8,6 +8,8 @@ Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
   diffusion.schedule        Schedule fields: kind cosine | linear | discrete_linear, logsnr_min/max
   diffusion.prediction      eps (the paper) | x | v
   diffusion.min_snr_gamma   None (off, the paper) or gamma for min-SNR weighting
+  diffusion.snr_floor       None (off, the paper) or the floor of the x-space loss weight
+                            (truncated SNR): weight clip(SNR, snr_floor, min_snr_gamma)
   diffusion.aug_schedule    SR noise-conditioning augmentation schedule (cosine: our choice)
   optimizer.*               name adafactor | adam, peak_lr, warmup_steps, total_steps, end_lr,
                             b1, b2, eps, grad_clip_norm (0 = off)
@@ -59,6 +61,7 @@ def add_training_sections(
         schedule=dict(kind=schedule, logsnr_min=-20.0, logsnr_max=20.0),
         prediction="eps",
         min_snr_gamma=None,
+        snr_floor=None,
         aug_schedule=dict(kind="cosine"),
     ))
     config.optimizer = ml_collections.ConfigDict(dict(

@@ -38,6 +38,27 @@ def test_min_snr_weights():
 
 
 @pytest.mark.parametrize("prediction", ["eps", "x", "v"])
+@pytest.mark.parametrize("gamma,floor", [(None, 1.0), (5.0, 0.1), (5.0, None)])
+def test_weighted_loss_is_the_x_space_error_times_clipped_snr(prediction, gamma, floor):
+    """Whatever the target, the weighted loss is clip(SNR, floor, gamma) * ||x_hat - x||^2
+    (x_hat recovered from the output in float64): min-SNR caps the clean end, the floor
+    lifts the noisy end (truncated SNR, Salimans & Ho 2022)."""
+    x = RNG.uniform(-1, 1, size=(5, 4, 4, 3))
+    eps = RNG.normal(size=x.shape)
+    lam = np.array([-7.0, -2.5, 0.0, 2.0, 6.0])
+    alpha, sigma = [np.sqrt(1 / (1 + np.exp(-s * lam)))[:, None, None, None] for s in (1, -1)]
+    z = alpha * x + sigma * eps
+    out = RNG.normal(size=x.shape)
+    x_hat = {"eps": (z - sigma * out) / alpha, "x": out, "v": alpha * z - sigma * out}[prediction]
+    snr = np.exp(lam)
+    weight = np.clip(snr, floor if floor is not None else 0.0, gamma if gamma is not None else np.inf)
+    want = weight * ((x_hat - x) ** 2).mean(axis=(1, 2, 3))
+    got = per_example_loss(*(jnp.asarray(a, jnp.float32) for a in (out, x, eps, lam)), prediction=prediction,
+                           min_snr_gamma=gamma, snr_floor=floor)
+    np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4)
+
+
+@pytest.mark.parametrize("prediction", ["eps", "x", "v"])
 def test_oracle_model_has_zero_loss_and_zero_model_does_not(prediction):
     x = jnp.asarray(RNG.uniform(-1, 1, size=(16, 8, 8, 3)), jnp.float32)
 

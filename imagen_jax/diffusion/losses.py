@@ -1,5 +1,5 @@
 """The denoising training loss (SPEC 3): MSE on eps by default; x or v targets and
-min-SNR weighting (Hang et al. 2023) as options, off by default."""
+min-SNR weighting (Hang et al. 2023) with an optional floor as options, off by default."""
 
 from __future__ import annotations
 
@@ -10,28 +10,40 @@ from imagen_jax.diffusion.parameterization import target_for
 from imagen_jax.diffusion.process import q_sample
 
 
-def min_snr_weight(logsnr, prediction: str, gamma: float):
-    """Per-example weight of min-SNR-gamma so that every target gets the weight
-    min(SNR, gamma) on the x-space error: eps -> min(snr, g) / snr, x -> min(snr, g),
-    v -> min(snr, g) / (snr + 1). logsnr: [B] -> [B]."""
+def min_snr_weight(logsnr, prediction: str, gamma=None, floor=None):
+    """Per-example weight giving every target the x-space weight clip(SNR, floor, gamma).
+
+    gamma: min-SNR-gamma (Hang et al. 2023), caps the weight of the clean end. floor: the
+    truncated-SNR floor (Salimans & Ho 2022, max(SNR, 1) at floor 1), keeps the noisy end,
+    where layout, background and text use are decided, from getting ~SNR -> 0 weight.
+    Either may be None. Divided by the target's own x-space weight (eps SNR, x 1,
+    v SNR + 1): eps -> w / snr, x -> w, v -> w / (snr + 1). logsnr: [B] -> [B].
+    With eps a floor multiplies the loss by floor / SNR at the noisy end (floor * e^20 at
+    the schedules' -20 clamp): pair it with v or x targets.
+    """
     snr = jnp.exp(logsnr)
-    clipped = jnp.minimum(snr, gamma)
+    weight = snr
+    if gamma is not None:
+        weight = jnp.minimum(weight, gamma)
+    if floor is not None:
+        weight = jnp.maximum(weight, floor)
     if prediction == "eps":
-        return clipped / snr
+        return weight / snr
     if prediction == "x":
-        return clipped
+        return weight
     if prediction == "v":
-        return clipped / (snr + 1.0)
+        return weight / (snr + 1.0)
     raise ValueError(f"unknown prediction {prediction!r}")
 
 
-def per_example_loss(output, x, noise, logsnr, *, prediction: str = "eps", min_snr_gamma=None):
-    """Mean squared error of `output` against the target, per example: [B, ...] -> [B] float32."""
+def per_example_loss(output, x, noise, logsnr, *, prediction: str = "eps", min_snr_gamma=None, snr_floor=None):
+    """Mean squared error of `output` against the target, per example: [B, ...] -> [B] float32,
+    weighted by min_snr_weight when min_snr_gamma or snr_floor is set."""
     target = target_for(prediction, x, noise, logsnr)
     err = jnp.square(output.astype(jnp.float32) - target.astype(jnp.float32))
     loss = jnp.mean(err.reshape(err.shape[0], -1), axis=1)
-    if min_snr_gamma is not None:
-        loss = loss * min_snr_weight(logsnr.astype(jnp.float32), prediction, min_snr_gamma)
+    if min_snr_gamma is not None or snr_floor is not None:
+        loss = loss * min_snr_weight(logsnr.astype(jnp.float32), prediction, min_snr_gamma, snr_floor)
     return loss
 
 
@@ -44,6 +56,7 @@ def diffusion_loss(
     schedule,
     prediction: str = "eps",
     min_snr_gamma=None,
+    snr_floor=None,
     weights=None,
 ):
     """One Monte Carlo estimate of the training loss for a batch of clean images.
@@ -60,7 +73,8 @@ def diffusion_loss(
     noise = jax.random.normal(noise_key, x.shape, x.dtype)
     z_t = q_sample(x, logsnr.astype(x.dtype), noise)
     output = model_fn(z_t, logsnr, cond)
-    losses = per_example_loss(output, x, noise, logsnr, prediction=prediction, min_snr_gamma=min_snr_gamma)
+    losses = per_example_loss(output, x, noise, logsnr, prediction=prediction, min_snr_gamma=min_snr_gamma,
+                              snr_floor=snr_floor)
     if weights is None:
         loss = jnp.mean(losses)
     else:

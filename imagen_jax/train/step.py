@@ -29,6 +29,7 @@ def make_train_step(model, optimizer, lr_schedule, config):
     aug_schedule = Schedule.from_config(config.diffusion.get("aug_schedule", {"kind": "cosine"}))
     prediction = config.diffusion.get("prediction", "eps")
     min_snr_gamma = config.diffusion.get("min_snr_gamma", None)
+    snr_floor = config.diffusion.get("snr_floor", None)
     text_drop_prob = config.train.get("text_drop_prob", 0.1)
     accum = int(config.train.get("grad_accum_steps", 1))
     ema_decay = config.train.get("ema_decay", 0.9999)
@@ -52,7 +53,7 @@ def make_train_step(model, optimizer, lr_schedule, config):
             return model.apply({"params": params}, z, logsnr, train=True, rngs={"dropout": dropout_key}, **cond)
 
         loss, _ = diffusion_loss(model_fn, batch["image"], cond, loss_key, schedule=schedule,
-                                 prediction=prediction, min_snr_gamma=min_snr_gamma)
+                                 prediction=prediction, min_snr_gamma=min_snr_gamma, snr_floor=snr_floor)
         return loss
 
     grad_fn = jax.value_and_grad(loss_fn)
