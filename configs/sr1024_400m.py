@@ -8,9 +8,8 @@ image_size=1024 and a 256px low_res). Noise schedule: linear (SPEC 1). Training 
 sr256: Adam, batch 2048, peak lr 1e-4, 10k warmup, cosine decay over 2.5M steps, and the same
 settings for 64 TPU v4 chips (v4-128): full FSDP, remat, 2 accumulated micro-batches of 16 per
 chip. compile-check refuses 32 per chip (35.3 GiB of temporaries; README,
-benchmarks/results/compile_check_sr1024_400m_v4-128_accum1.json); the 16-per-chip step was
-not compiled on the 24 GB machine these configs were checked on (sr256's ran out of RAM):
-rerun compile-check on a larger machine before renting the slice.
+benchmarks/results/compile_check_sr1024_400m_v4-128_accum1.json); at 2 x 16 it fits:
+19.4 of 32 GiB per chip (temporaries 18.4 GiB; compile_check_sr1024_400m_v4-128.json).
 """
 
 import ml_collections

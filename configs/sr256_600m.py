@@ -13,9 +13,9 @@ For 64 TPU v4 chips (v4-128): parameters, EMA and Adam state fully sharded (mesh
 fsdp 64), each ResNet block rematerialized, and the batch of 2048 taken as 2 accumulated
 micro-batches of 16 per chip. `imagen-jax compile-check --topology v4-128` refuses 32 per chip
 (35.6 GiB of temporaries against the 30.75 GiB XLA can use on a v4 chip; README,
-benchmarks/results/compile_check_sr256_600m_v4-128_accum1.json); compiling the 16-per-chip
-step took more than the 24 GB of RAM of the machine these configs were checked on (on a v4-8
-it fits in 11.2 GiB per chip): rerun compile-check on a larger machine before renting the slice.
+benchmarks/results/compile_check_sr256_600m_v4-128_accum1.json); at 2 x 16 it fits:
+19.8 of 32 GiB per chip (temporaries 18.6 GiB; compile_check_sr256_600m_v4-128.json).
+Compiling it takes about 23.4 GB of RAM (44 min on 2 shared cores).
 """
 
 import data_shapes
