@@ -1,0 +1,89 @@
+"""A trained base stage's prompt accuracy on the demo's 30 one-object prompts, over
+sampling seeds, with the shape confusion table: how the README's base-stage variants
+were compared.
+
+    python benchmarks/base_accuracy.py runs/demo/base [more base workdirs ...] \
+        [--seeds 4] [--guidance 5] [--sampler dpm_solver_pp_2m] [--num-steps 32] \
+        [--threshold dynamic] [--out benchmarks/results/base_accuracy.json]
+
+For each workdir (its latest checkpoint, EMA params), the prompts of configs/demo.py
+(eval.prompts) are sampled at seeds 0 .. seeds-1 in one batch each and scored by
+imagen_jax.eval.prompt_accuracy. Sampler flags left out keep the stage's own `sampling`
+settings. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+from results_io import write_results
+
+from imagen_jax.config import load_config
+from imagen_jax.eval import prompt_accuracy
+from imagen_jax.eval.prompt_accuracy import match_objects
+from imagen_jax.eval.prompt_parser import parse_prompt
+from imagen_jax.eval.shape_analyzer import analyze_image
+from imagen_jax.pipeline import Cascade
+
+REPO = Path(__file__).resolve().parent.parent
+RATES = ("correct", "color", "shape", "background", "count")
+
+
+def shape_confusion(images, prompts) -> dict[str, dict[str, int]]:
+    """{asked shape: {read shape or "none": images}} for one-object prompts."""
+    table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
+    for image, prompt in zip(images, prompts):
+        request = parse_prompt(prompt)
+        if len(request.objects) != 1:
+            continue
+        got = match_objects(request, analyze_image(image).objects)[0]
+        table[request.objects[0].shape][got.shape if got is not None else "none"] += 1
+    return {shape: dict(counts) for shape, counts in table.items()}
+
+
+def score_workdir(workdir: str, prompts, seeds: int, guidance: float, sampler_changes: dict) -> dict:
+    cascade = Cascade.from_workdirs([workdir])
+    settings = {"guidance_weight": guidance}
+    if sampler_changes:
+        settings["sampler"] = dataclasses.replace(cascade.stages[0].sampler, **sampler_changes)
+    per_seed, confusion = [], collections.defaultdict(collections.Counter)
+    for seed in range(seeds):
+        images = cascade.sample(prompts, seed=seed, batch_size=len(prompts), stage_settings=[settings]).images[0]
+        per_seed.append({k: prompt_accuracy(images, prompts)[k] for k in RATES})
+        for shape, counts in shape_confusion(images, prompts).items():
+            confusion[shape].update(counts)
+    mean = {k: float(np.mean([r[k] for r in per_seed if r[k] is not None])) for k in RATES}
+    return {"workdir": workdir, "per_seed": per_seed, "mean": mean,
+            "shape_confusion": {s: dict(c) for s, c in sorted(confusion.items())}}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workdirs", nargs="+", help="trained base-stage workdirs")
+    parser.add_argument("--seeds", type=int, default=4, help="sampling seeds 0 .. N-1 (default 4)")
+    parser.add_argument("--guidance", type=float, default=5.0, help="guidance weight (default 5, the demo's)")
+    parser.add_argument("--sampler", help="ancestral | ddim | dpm_solver_pp_2m (default: the stage's)")
+    parser.add_argument("--num-steps", type=int, help="sampler steps (default: the stage's)")
+    parser.add_argument("--threshold", help="none | static | dynamic (default: the stage's)")
+    parser.add_argument("--out", default=str(REPO / "benchmarks/results/base_accuracy.json"))
+    args = parser.parse_args()
+    prompts = list(load_config(str(REPO / "configs/demo.py")).eval.prompts)
+    changes = {k: v for k, v in (("kind", args.sampler), ("num_steps", args.num_steps), ("threshold", args.threshold))
+               if v is not None}
+    results = [score_workdir(w, prompts, args.seeds, args.guidance, changes) for w in args.workdirs]
+    print(f"| workdir | {' | '.join(RATES)} | correct per seed | squares read as |")
+    print("|---" * (len(RATES) + 3) + "|")
+    for r in results:
+        seeds = " / ".join(f"{s['correct']:.1%}" for s in r["per_seed"])
+        squares = r["shape_confusion"].get("square", {})
+        print(f"| {r['workdir']} | " + " | ".join(f"{r['mean'][k]:.1%}" for k in RATES) + f" | {seeds} | {squares} |")
+    write_results(args.out, {"prompts": prompts, "seeds": args.seeds, "guidance_weight": args.guidance,
+                             "sampler_changes": changes, "results": results})
+
+
+if __name__ == "__main__":
+    main()
