@@ -23,8 +23,7 @@ import numpy as np
 from results_io import write_results
 
 from imagen_jax.config import load_config
-from imagen_jax.eval import prompt_accuracy
-from imagen_jax.eval.prompt_accuracy import match_objects
+from imagen_jax.eval.prompt_accuracy import match_objects, score_prompt, summarize
 from imagen_jax.eval.prompt_parser import parse_prompt
 from imagen_jax.eval.shape_analyzer import analyze_image
 from imagen_jax.pipeline import Cascade
@@ -33,16 +32,17 @@ REPO = Path(__file__).resolve().parent.parent
 RATES = ("correct", "color", "shape", "background", "count")
 
 
-def shape_confusion(images, prompts) -> dict[str, dict[str, int]]:
-    """{asked shape: {read shape or "none": images}} for one-object prompts."""
-    table: dict[str, collections.Counter] = collections.defaultdict(collections.Counter)
-    for image, prompt in zip(images, prompts):
-        request = parse_prompt(prompt)
-        if len(request.objects) != 1:
-            continue
-        got = match_objects(request, analyze_image(image).objects)[0]
-        table[request.objects[0].shape][got.shape if got is not None else "none"] += 1
-    return {shape: dict(counts) for shape, counts in table.items()}
+def score_images(images, requests) -> tuple[dict, dict[str, collections.Counter]]:
+    """One analysis per image -> (prompt-accuracy rates, {asked shape: Counter(read shape
+    or "none")} over the one-object prompts)."""
+    scores, confusion = [], collections.defaultdict(collections.Counter)
+    for image, request in zip(images, requests):
+        analysis = analyze_image(image)
+        scores.append(score_prompt(request, analysis))
+        if len(request.objects) == 1:
+            got = match_objects(request, analysis.objects)[0]
+            confusion[request.objects[0].shape][got.shape if got is not None else "none"] += 1
+    return summarize(scores), confusion
 
 
 def score_workdir(workdir: str, prompts, seeds: int, guidance: float, sampler_changes: dict) -> dict:
@@ -50,11 +50,13 @@ def score_workdir(workdir: str, prompts, seeds: int, guidance: float, sampler_ch
     settings = {"guidance_weight": guidance}
     if sampler_changes:
         settings["sampler"] = dataclasses.replace(cascade.stages[0].sampler, **sampler_changes)
+    requests = [parse_prompt(p) for p in prompts]
     per_seed, confusion = [], collections.defaultdict(collections.Counter)
     for seed in range(seeds):
         images = cascade.sample(prompts, seed=seed, batch_size=len(prompts), stage_settings=[settings]).images[0]
-        per_seed.append({k: prompt_accuracy(images, prompts)[k] for k in RATES})
-        for shape, counts in shape_confusion(images, prompts).items():
+        rates, seed_confusion = score_images(images, requests)
+        per_seed.append({k: rates[k] for k in RATES})
+        for shape, counts in seed_confusion.items():
             confusion[shape].update(counts)
     mean = {k: float(np.mean([r[k] for r in per_seed if r[k] is not None])) for k in RATES}
     return {"workdir": workdir, "per_seed": per_seed, "mean": mean,
