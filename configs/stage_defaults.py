@@ -20,6 +20,8 @@ Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
   train.ema_decay           EMA of the params used for sampling
   train.log_every           steps between logged metrics (and NaN checks)
   train.max_nonfinite_streak  stop after this many skipped (NaN/inf) updates in a row
+  train.init_from           '' or a trained stage's workdir: a fresh run starts from its latest
+                            params and EMA params (same model section; the resolution may differ)
   train.sample_every        steps between sample grids (0 = never); train.sample_prompts
   checkpoint.every / keep / async_save
   mesh.data / mesh.fsdp     device mesh (-1: all remaining devices); mesh.rules: None = defaults
@@ -71,7 +73,7 @@ def add_training_sections(
     config.train = ml_collections.ConfigDict(dict(
         steps=steps, batch_size=batch_size, grad_accum_steps=1, text_drop_prob=0.1, ema_decay=ema_decay,
         ema_warmup=True, log_every=log_every, max_nonfinite_streak=10, sample_every=sample_every,
-        sample_prompts=SAMPLE_PROMPTS,
+        sample_prompts=SAMPLE_PROMPTS, init_from="",
     ))
     config.checkpoint = ml_collections.ConfigDict(dict(every=checkpoint_every, keep=3, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=None))

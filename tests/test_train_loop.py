@@ -208,3 +208,33 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(data_dir
     if steps:  # whatever was committed before divergence is a whole, finite checkpoint
         leaves, _ = saved_params(tmp_path, steps[-1])
         assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
+
+
+def test_init_from_starts_another_resolution_from_a_trained_stage(straight_run, data_dir, tmp_path):
+    """train.init_from: an 8 px run starts from the 16 px run's params and EMA params (attention
+    stays on the second level). At lr 0 its first checkpoint holds exactly the source's params."""
+    source, _ = saved_params(straight_run, 12)
+    overrides = tiny_overrides(data_dir, steps=3, **{"resolution": 8, "data.image_size": 8,
+                                                     "model.attention_resolutions": "(4,)",
+                                                     "optimizer.peak_lr": 0.0,
+                                                     "train.init_from": str(straight_run)})
+    run_train(tmp_path / "warm", overrides)
+    warm, step = saved_params(tmp_path / "warm", 3)
+    assert step == 3 and len(warm) == len(source)
+    for x, y in zip(warm, source):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+    # A model that does not match is refused with the param named; no checkpoint is written.
+    wide = tiny_overrides(data_dir, steps=3, **{"model.channels": 16, "train.init_from": str(straight_run)})
+    proc = subprocess.run(train_cmd(tmp_path / "wide", wide), env=env(), capture_output=True, text=True,
+                          timeout=600, cwd=REPO)
+    assert proc.returncode != 0
+    assert "train.init_from" in proc.stderr and "same model section" in proc.stderr, proc.stderr[-2000:]
+    assert committed_steps(tmp_path / "wide") == []
+
+
+def test_init_from_a_workdir_without_checkpoints_names_the_fix(tmp_path):
+    from imagen_jax.train.warm_start import warm_start
+
+    with pytest.raises(FileNotFoundError, match=r"has no checkpoint.*train.init_from=''"):
+        warm_start(str(tmp_path), state=None, shardings=None)

@@ -46,6 +46,7 @@ from imagen_jax.train.state import (
     create_sharded_state,
 )
 from imagen_jax.train.step import make_train_step
+from imagen_jax.train.warm_start import warm_start
 
 log = logging.getLogger("imagen_jax.train")
 
@@ -371,6 +372,8 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
         state_shapes = jax.eval_shape(lambda: state)
         state, _ = checkpoints.restore(start, abstract_like(state_shapes, shardings), iterator)
         log.info("resumed from step %d", start)
+    elif config.train.get("init_from"):
+        state = warm_start(config.train.init_from, state, shardings)
 
     peak = peak_tflops(jax.devices()[0].device_kind)
     preview = preview_inputs(config, encoder) if config.train.sample_every else None
