@@ -83,15 +83,15 @@ def committed_steps(workdir):
     return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "_CHECKPOINT_METADATA").exists())
 
 
-def saved_params(workdir, step):
-    """(param leaves, step) of a saved state, restored whole onto this process's first device."""
+def saved_params(workdir, step, item="params"):
+    """(leaves of `item`, step) of a saved state, restored whole onto this process's first device."""
     path = Path(workdir) / "checkpoints" / str(step) / "state"
     checkpointer = ocp.StandardCheckpointer()
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
                                     checkpointer.metadata(path).item_metadata)
     state = checkpointer.restore(path, target)
-    return jax.tree_util.tree_leaves(state["params"]), int(state["step"])
+    return jax.tree_util.tree_leaves(state[item]), int(state["step"])
 
 
 def saved_data_state(workdir, step):
@@ -215,17 +215,23 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(data_dir
 
 def test_init_from_starts_another_resolution_from_a_trained_stage(straight_run, data_dir, tmp_path):
     """train.init_from: an 8 px run starts from the 16 px run's params and EMA params (attention
-    stays on the second level). At lr 0 its first checkpoint holds exactly the source's params."""
-    source, _ = saved_params(straight_run, 12)
+    stays on the second level). At lr 0 and EMA decay 1 its first checkpoint holds exactly the
+    source's params and EMA params (the two differ after the source's 12 steps)."""
     overrides = tiny_overrides(data_dir, steps=3, **{"resolution": 8, "data.image_size": 8,
                                                      "model.attention_resolutions": "(4,)",
-                                                     "optimizer.peak_lr": 0.0,
+                                                     "optimizer.peak_lr": 0.0, "train.ema_decay": 1.0,
+                                                     "train.ema_warmup": False,
                                                      "train.init_from": str(straight_run)})
     run_train(tmp_path / "warm", overrides)
-    warm, step = saved_params(tmp_path / "warm", 3)
-    assert step == 3 and len(warm) == len(source)
-    for x, y in zip(warm, source):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    for item in ("params", "ema_params"):
+        source, _ = saved_params(straight_run, 12, item)
+        warm, step = saved_params(tmp_path / "warm", 3, item)
+        assert step == 3 and len(warm) == len(source)
+        for x, y in zip(warm, source):
+            np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    source_params, _ = saved_params(straight_run, 12)
+    source_ema, _ = saved_params(straight_run, 12, "ema_params")
+    assert any(not np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(source_params, source_ema))
 
     # A model that does not match is refused before anything is restored, the param named.
     saved = ocp.PyTreeCheckpointer().metadata(Path(straight_run) / "checkpoints" / "12" / "state").item_metadata

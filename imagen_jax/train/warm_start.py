@@ -2,7 +2,8 @@
 latest checkpoint of another stage's workdir, e.g. a base stage trained at 16 px and
 trained on at 32 px (the UNet's params do not depend on the image size, as in Stable
 Diffusion's 256 -> 512 px training). The step, the optimizer state and the data order
-start fresh. Only a run with no checkpoint of its own warm-starts; once it has saved, it
+start fresh; with `train.ema_warmup` the EMA's decay restarts too, so the EMA soon follows
+the new run's params. Only a run with no checkpoint of its own warm-starts; once it has saved, it
 resumes from its own checkpoints, so preemption replays the same run.
 """
 
@@ -13,6 +14,8 @@ import os
 
 import jax
 import orbax.checkpoint as ocp
+
+from imagen_jax.train.checkpoints import abstract_like
 
 _ITEMS = ("params", "ema_params")
 log = logging.getLogger("imagen_jax.train")
@@ -31,15 +34,16 @@ def _source_state_path(source: str) -> tuple[str, int]:
     return os.path.join(directory, str(step), "state"), step
 
 
+def _shapes(tree) -> dict[str, tuple]:
+    return {jax.tree_util.keystr(path): tuple(leaf.shape) for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
 def _check_shapes(source: str, saved, wanted) -> None:
     """One clear error naming the first param whose presence or shape differs."""
-    saved_flat = {jax.tree_util.keystr(path): leaf.shape
-                  for path, leaf in jax.tree_util.tree_leaves_with_path(saved)}
-    wanted_flat = {jax.tree_util.keystr(path): leaf.shape
-                   for path, leaf in jax.tree_util.tree_leaves_with_path(wanted)}
+    saved_flat, wanted_flat = _shapes(saved), _shapes(wanted)
     for name in sorted(saved_flat.keys() | wanted_flat.keys()):
         there, here = saved_flat.get(name), wanted_flat.get(name)
-        if there is None or here is None or tuple(there) != tuple(here):
+        if there != here:
             raise ValueError(f"train.init_from={source!r}: param {name} is {there or 'absent'} there and "
                              f"{here or 'absent'} in this config's model; the source stage must have the "
                              "same model section (only the resolution may differ)")
@@ -51,10 +55,7 @@ def warm_start(source: str, state, shardings):
     path, step = _source_state_path(source)
     saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata
     _check_shapes(source, {k: saved[k] for k in _ITEMS}, {k: getattr(state, k) for k in _ITEMS})
-    target = {k: jax.tree_util.tree_map(lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype,
-                                                                                     sharding=sharding),
-                                        getattr(state, k), getattr(shardings, k))
-              for k in _ITEMS}
+    target = abstract_like({k: getattr(state, k) for k in _ITEMS}, {k: getattr(shardings, k) for k in _ITEMS})
     restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
         item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
     log.info("params and EMA params from %s, step %d", source, step)
