@@ -3,11 +3,11 @@ sampling seeds, with the shape confusion table: how the README's base-stage vari
 were compared.
 
     python benchmarks/base_accuracy.py runs/demo/base [more base workdirs ...] \
-        [--seeds 4] [--guidance 5] [--sampler dpm_solver_pp_2m] [--num-steps 32] \
-        [--threshold dynamic] [--out benchmarks/results/base_accuracy.json]
+        [--seeds 4] [--first-seed 0] [--guidance 5] [--sampler dpm_solver_pp_2m] [--num-steps 32] \
+        [--threshold dynamic] [--start-logsnr -10] [--out benchmarks/results/base_accuracy.json]
 
 For each workdir (its latest checkpoint, EMA params), the prompts of configs/demo.py
-(eval.prompts) are sampled at seeds 0 .. seeds-1 in one batch each and scored by
+(eval.prompts) are sampled at seeds first .. first + seeds - 1 in one batch each and scored by
 imagen_jax.eval.prompt_accuracy. Sampler flags left out keep the stage's own `sampling`
 settings. Prints a table and writes JSON.
 """
@@ -45,14 +45,14 @@ def score_images(images, requests) -> tuple[dict, dict[str, collections.Counter]
     return summarize(scores), confusion
 
 
-def score_workdir(workdir: str, prompts, seeds: int, guidance: float, sampler_changes: dict) -> dict:
+def score_workdir(workdir: str, prompts, seeds, guidance: float, sampler_changes: dict) -> dict:
     cascade = Cascade.from_workdirs([workdir])
     settings = {"guidance_weight": guidance}
     if sampler_changes:
         settings["sampler"] = dataclasses.replace(cascade.stages[0].sampler, **sampler_changes)
     requests = [parse_prompt(p) for p in prompts]
     per_seed, confusion = [], collections.defaultdict(collections.Counter)
-    for seed in range(seeds):
+    for seed in seeds:
         images = cascade.sample(prompts, seed=seed, batch_size=len(prompts), stage_settings=[settings]).images[0]
         rates, seed_confusion = score_images(images, requests)
         per_seed.append({k: rates[k] for k in RATES})
@@ -66,24 +66,28 @@ def score_workdir(workdir: str, prompts, seeds: int, guidance: float, sampler_ch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdirs", nargs="+", help="trained base-stage workdirs")
-    parser.add_argument("--seeds", type=int, default=4, help="sampling seeds 0 .. N-1 (default 4)")
+    parser.add_argument("--seeds", type=int, default=4, help="number of sampling seeds (default 4)")
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first .. first + N - 1 (default 0)")
     parser.add_argument("--guidance", type=float, default=5.0, help="guidance weight (default 5, the demo's)")
     parser.add_argument("--sampler", help="ancestral | ddim | dpm_solver_pp_2m (default: the stage's)")
     parser.add_argument("--num-steps", type=int, help="sampler steps (default: the stage's)")
     parser.add_argument("--threshold", help="none | static | dynamic (default: the stage's)")
+    parser.add_argument("--start-logsnr", type=float, help="log-SNR of the sampler's first step (default: the stage's)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/base_accuracy.json"))
     args = parser.parse_args()
     prompts = list(load_config(str(REPO / "configs/demo.py")).eval.prompts)
-    changes = {k: v for k, v in (("kind", args.sampler), ("num_steps", args.num_steps), ("threshold", args.threshold))
-               if v is not None}
-    results = [score_workdir(w, prompts, args.seeds, args.guidance, changes) for w in args.workdirs]
+    flags = (("kind", args.sampler), ("num_steps", args.num_steps), ("threshold", args.threshold),
+             ("start_logsnr", args.start_logsnr))
+    changes = {k: v for k, v in flags if v is not None}
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    results = [score_workdir(w, prompts, seeds, args.guidance, changes) for w in args.workdirs]
     print(f"| workdir | {' | '.join(RATES)} | correct per seed | squares read as |")
     print("|---" * (len(RATES) + 3) + "|")
     for r in results:
         seeds = " / ".join(f"{s['correct']:.1%}" for s in r["per_seed"])
         squares = r["shape_confusion"].get("square", {})
         print(f"| {r['workdir']} | " + " | ".join(f"{r['mean'][k]:.1%}" for k in RATES) + f" | {seeds} | {squares} |")
-    write_results(args.out, {"prompts": prompts, "seeds": args.seeds, "guidance_weight": args.guidance,
+    write_results(args.out, {"prompts": prompts, "seeds": list(seeds), "guidance_weight": args.guidance,
                              "sampler_changes": changes, "results": results})
 
 

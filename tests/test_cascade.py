@@ -125,6 +125,10 @@ def test_stage_config_from_a_training_config():
     assert stage.is_super_resolution and stage.guidance_weight == 5.0 and stage.image_size == 32
     with pytest.raises(ValueError, match="Unknown stage setting"):
         StageConfig.from_config(tiny_stage_config("base"), guidance=5.0)
+    assert stage.sampler.start_logsnr is None  # a config without the field starts at t = 1
+    config = tiny_stage_config("base")
+    config.sampling.start_logsnr = -10.0
+    assert StageConfig.from_config(config).sampler.start_logsnr == -10.0
 
 
 def test_workdir_errors(stages, tmp_path):

@@ -19,6 +19,7 @@ from imagen_jax.diffusion import (
     alpha_sigma,
     guided_output,
     sample,
+    time_at_logsnr,
 )
 from imagen_jax.diffusion.samplers import _sample
 
@@ -47,14 +48,16 @@ def optimal_x_model(z, logsnr, cond):
     return optimal_x(z, logsnr)
 
 
-def grid_logsnr(num_steps, schedule=Schedule()):
-    t = 1.0 - np.arange(num_steps + 1) / num_steps
+def grid_logsnr(num_steps, schedule=Schedule(), start_logsnr=None):
+    t_start = 1.0 if start_logsnr is None else time_at_logsnr(schedule, start_logsnr)
+    t = t_start * (1.0 - np.arange(num_steps + 1) / num_steps)
     return np.asarray(schedule(jnp.asarray(t, jnp.float32)), np.float64)
 
 
-def predicted_moments(kind, num_steps):
-    """Exact output mean/std of the ancestral (gamma=0) or DDIM (eta=0) sampler with the optimal denoiser."""
-    lam = grid_logsnr(num_steps)
+def predicted_moments(kind, num_steps, start_logsnr=None):
+    """Exact output mean/std of the ancestral (gamma=0) or DDIM (eta=0) sampler with the
+    optimal denoiser, started from z ~ N(0, I) at the grid's first log-SNR."""
+    lam = grid_logsnr(num_steps, start_logsnr=start_logsnr)
     mu, var = np.zeros(DIM), np.ones(DIM)
     for i in range(num_steps):
         a_t, s_t = np.sqrt(1 / (1 + np.exp(-lam[i]))), np.sqrt(1 / (1 + np.exp(lam[i])))
@@ -72,17 +75,18 @@ def predicted_moments(kind, num_steps):
         var = gain**2 * var + noise_var
 
 
-def draw(model, kind, num_steps, key=0):
-    config = SamplerConfig(kind=kind, num_steps=num_steps, threshold="none")
+def draw(model, kind, num_steps, key=0, start_logsnr=None):
+    config = SamplerConfig(kind=kind, num_steps=num_steps, threshold="none", start_logsnr=start_logsnr)
     x = np.asarray(sample(model, jax.random.key(key), (N_SAMPLES, DIM), config=config), np.float64)
     assert np.all(np.isfinite(x))
     return x.mean(0), x.std(0)
 
 
-@pytest.mark.parametrize("kind,num_steps,data_tol", [("ancestral", 256, 0.025), ("ddim", 50, 0.05)])
-def test_linear_samplers_match_their_exact_recursion_and_the_data(kind, num_steps, data_tol):
-    mean, std = draw(optimal_eps, kind, num_steps)
-    pred_mean, pred_std = predicted_moments(kind, num_steps)
+@pytest.mark.parametrize("kind,num_steps,data_tol,start_logsnr",
+                         [("ancestral", 256, 0.025, None), ("ddim", 50, 0.05, None), ("ddim", 50, 0.05, -10.0)])
+def test_linear_samplers_match_their_exact_recursion_and_the_data(kind, num_steps, data_tol, start_logsnr):
+    mean, std = draw(optimal_eps, kind, num_steps, start_logsnr=start_logsnr)
+    pred_mean, pred_std = predicted_moments(kind, num_steps, start_logsnr)
     # The implementation is exactly the sampler (up to Monte Carlo error, 65536 draws) ...
     np.testing.assert_allclose(mean, pred_mean, atol=0.01)
     np.testing.assert_allclose(std / pred_std, 1.0, atol=0.012)
@@ -106,6 +110,23 @@ def test_dpm_solver_pp_2m_reproduces_the_data(num_steps, std_tol):
     mean, std = draw(optimal_eps, "dpm_solver_pp_2m", num_steps)
     np.testing.assert_allclose(mean, MEAN, atol=0.01)
     np.testing.assert_allclose(std / STD, 1.0, atol=std_tol)
+
+
+def test_start_logsnr_keeps_an_eps_models_error_at_pure_noise_out_of_the_samples():
+    # An eps model with a small relative error, 1e-3 z. Its x_hat = (z - sigma eps_hat) / alpha
+    # carries that error times sigma / alpha: about 22000x at log-SNR -20 (t = 1), about 150x at
+    # -10. A 32-step grid from t = 1 jumps to log-SNR -6 in its first step and takes alpha_s
+    # (0.05) times that x_hat into z: the samples are ruined (here z's variance collapses and
+    # the samples' std is 2% of the data's). From -10 the error stays small.
+    def slightly_off(z, logsnr, cond):
+        return optimal_eps(z, logsnr, cond) + 1e-3 * z
+
+    assert grid_logsnr(32)[1] > -6.1 and grid_logsnr(32, start_logsnr=-10.0)[0] == pytest.approx(-10.0, abs=1e-3)
+    _, std_from_t1 = draw(slightly_off, "dpm_solver_pp_2m", 32)
+    mean, std = draw(slightly_off, "dpm_solver_pp_2m", 32, start_logsnr=-10.0)
+    assert np.all(std_from_t1 / STD < 0.1)
+    np.testing.assert_allclose(mean, MEAN, atol=0.01)
+    np.testing.assert_allclose(std / STD, 1.0, atol=0.03)
 
 
 @pytest.mark.parametrize("kind", ["ddim", "dpm_solver_pp_2m"])
@@ -192,3 +213,5 @@ def test_sampler_config_errors_name_the_fix():
         SamplerConfig(threshold="clip")
     with pytest.raises(ValueError, match="num_steps must be >= 1"):
         SamplerConfig(num_steps=0)
+    with pytest.raises(ValueError, match="start_logsnr must be a finite log-SNR or None"):
+        SamplerConfig(start_logsnr=float("-inf"))

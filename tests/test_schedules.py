@@ -13,6 +13,7 @@ from imagen_jax.diffusion import (
     linear_betas,
     linear_logsnr,
     logsnr_from_alpha_bar,
+    time_at_logsnr,
 )
 
 T_INTERIOR = np.linspace(0.002, 0.998, 499)
@@ -103,3 +104,17 @@ def test_schedule_rejects_bad_config():
     with pytest.raises(ValueError, match="unknown schedule fields \\['bogus'\\]"):
         Schedule.from_config({"kind": "linear", "bogus": 1})
     assert Schedule.from_config({"kind": "linear"}) == Schedule("linear")
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_time_at_logsnr_inverts_the_schedule(kind):
+    schedule = Schedule(kind)
+    for logsnr in (-9.5, -3.0, 0.0, 4.0, 12.0):  # the linear schedule reaches only -10.05
+        t = time_at_logsnr(schedule, logsnr)
+        assert 0.0 < t < 1.0
+        assert float(schedule(t)) == pytest.approx(logsnr, abs=1e-3)
+    assert time_at_logsnr(schedule, -25.0) == 1.0 and time_at_logsnr(schedule, 25.0) == 0.0
+    # DPM-Solver (Lu et al. 2022) starts its cosine-schedule grid at T = 0.9946: log-SNR -9.56 here.
+    if kind == "cosine":
+        assert time_at_logsnr(schedule, float(schedule(0.9946))) == pytest.approx(0.9946, abs=1e-5)
+

@@ -28,6 +28,7 @@ from imagen_jax.diffusion.schedules import (
     linear_betas,
     linear_logsnr,
     logsnr_from_alpha_bar,
+    time_at_logsnr,
 )
 from imagen_jax.diffusion.thresholding import (
     apply_threshold,
@@ -64,6 +65,7 @@ __all__ = [
     "sample",
     "static_threshold",
     "target_for",
+    "time_at_logsnr",
     "to_eps",
     "transition",
     "v_from_x_eps",

@@ -1,8 +1,9 @@
 """Samplers: Imagen's ancestral sampler, DDIM and DPM-Solver++(2M), each one compiled loop.
 
-Time grid: N model evaluations at t_i = 1 - i / N (i = 0 .. N-1), each stepping to
-s = t_{i+1}. The last step lands on t = 0, where alpha = 1 and sigma = 0, so every rule
-reduces to the clean estimate x_hat: the sampler returns x_hat there (no noise added).
+Time grid: N model evaluations at t_i = t_start (1 - i / N) (i = 0 .. N-1), each stepping
+to s = t_{i+1}; t_start = 1, or the t where the schedule reaches `start_logsnr`. The last
+step lands on t = 0, where alpha = 1 and sigma = 0, so every rule reduces to the clean
+estimate x_hat: the sampler returns x_hat there (no noise added).
 
 `sample` is jitted once per (model function, shapes, SamplerConfig); the guidance weight,
 the conditioning and the key are traced, so a guidance sweep or a new prompt batch
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -22,7 +24,7 @@ import jax.numpy as jnp
 from imagen_jax.diffusion.guidance import denoise
 from imagen_jax.diffusion.parameterization import PREDICTIONS
 from imagen_jax.diffusion.process import broadcast_to_data, posterior
-from imagen_jax.diffusion.schedules import Schedule, alpha_sigma
+from imagen_jax.diffusion.schedules import Schedule, alpha_sigma, time_at_logsnr
 from imagen_jax.diffusion.thresholding import THRESHOLDS
 
 SAMPLERS = ("ancestral", "ddim", "dpm_solver_pp_2m")
@@ -37,6 +39,11 @@ class SamplerConfig:
     gamma: ancestral variance interpolation, std = sqrt(post_var^(1-gamma) trans_var^gamma);
       0 is the posterior variance, 1 the transition variance (not fixed by the paper).
     eta: DDIM's stochasticity (0 = deterministic).
+    start_logsnr: log-SNR of the first model evaluation (None: t = 1, the schedule's minimum).
+      An eps model's x_hat = (z - sigma eps_hat) / alpha multiplies its error by sigma / alpha:
+      ~22000 at log-SNR -20 (the cosine schedule's t = 1), ~150 at -10. Few-step grids take a
+      large first step (32 steps on the cosine schedule: -20 to -6), which carries that error
+      into z. DPM-Solver starts its cosine grids at T = 0.9946 (log-SNR -9.6) for this reason.
     """
 
     kind: str = "ancestral"
@@ -47,6 +54,7 @@ class SamplerConfig:
     quantile: float = 0.995
     gamma: float = 0.0
     eta: float = 0.0
+    start_logsnr: float | None = None
 
     def __post_init__(self):
         checks = (("kind", SAMPLERS), ("prediction", PREDICTIONS), ("threshold", THRESHOLDS))
@@ -57,6 +65,8 @@ class SamplerConfig:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if not 0.0 < self.quantile <= 1.0:
             raise ValueError(f"threshold quantile must be in (0, 1], got {self.quantile}")
+        if self.start_logsnr is not None and not math.isfinite(self.start_logsnr):
+            raise ValueError(f"start_logsnr must be a finite log-SNR or None (start at t = 1), got {self.start_logsnr}")
 
 
 def ancestral_update(z_t, x_hat, logsnr_t, logsnr_s, noise, gamma=0.0):
@@ -121,9 +131,10 @@ def _sample(model_fn, key, cond, uncond, guidance_weight, shape, config, dtype):
     n = config.num_steps
     batch = shape[0]
     schedule = config.schedule
+    t_start = 1.0 if config.start_logsnr is None else time_at_logsnr(schedule, config.start_logsnr)
 
-    def logsnr_at(i):  # log-SNR at grid point i (t = 1 - i / N), as a [B] vector
-        return jnp.full((batch,), schedule(1.0 - i / n), dtype)
+    def logsnr_at(i):  # log-SNR at grid point i (t = t_start (1 - i / N)), as a [B] vector
+        return jnp.full((batch,), schedule(t_start * (1.0 - i / n)), dtype)
 
     def body(i, carry):
         z, x_prev = carry

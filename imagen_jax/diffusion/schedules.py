@@ -139,3 +139,20 @@ class Schedule:
         if unknown:
             raise ValueError(f"unknown schedule fields {unknown}; valid fields are {sorted(fields)}")
         return cls(**items)
+
+
+def time_at_logsnr(schedule: Schedule, logsnr: float) -> float:
+    """The t in [0, 1] with schedule(t) = logsnr: 60 halvings of [0, 1] on the decreasing
+    schedule (as precise as the schedule's dtype allows); 1.0 when logsnr <= schedule(1),
+    0.0 when logsnr >= schedule(0). Evaluated eagerly, also while a function is traced."""
+    with jax.ensure_compile_time_eval():
+        at = lambda t: float(schedule(t))  # noqa: E731
+        if logsnr <= at(1.0):
+            return 1.0
+        if logsnr >= at(0.0):
+            return 0.0
+        lo, hi = 0.0, 1.0  # schedule(lo) > logsnr > schedule(hi)
+        for _ in range(60):
+            mid = 0.5 * (lo + hi)
+            lo, hi = (mid, hi) if at(mid) > logsnr else (lo, mid)
+        return 0.5 * (lo + hi)

@@ -7,7 +7,7 @@
 <out>/grid.png, <out>/manifest.json (for `imagen-jax eval --manifest`), and each earlier
 stage's images under <out>/stages/<i>_<workdir name>/.
 --set STAGE.FIELD=VALUE changes one stage's sampling: FIELD is guidance_weight, aug_level,
-image_size, or a sampler field (kind, num_steps, threshold, quantile, gamma, eta).
+image_size, or a sampler field (kind, num_steps, threshold, quantile, gamma, eta, start_logsnr).
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ import sys
 
 _STAGE_FIELDS = {"guidance_weight": float, "aug_level": float, "image_size": int}
 # SamplerConfig fields a user may change per stage.
-_SAMPLER_FIELDS = {"kind": str, "num_steps": int, "threshold": str, "quantile": float, "gamma": float, "eta": float}
+_SAMPLER_FIELDS = {"kind": str, "num_steps": int, "threshold": str, "quantile": float, "gamma": float, "eta": float,
+                   "start_logsnr": float}
 
 
 def add_parser(subparsers) -> None:

@@ -75,6 +75,7 @@ class StageConfig:
             schedule=schedule,
             prediction=get("diffusion", "prediction", "eps"),
             threshold=get("sampling", "threshold", "dynamic"),
+            start_logsnr=get("sampling", "start_logsnr"),
         )
         stage = config.get("stage", "base")
         fields = dict(

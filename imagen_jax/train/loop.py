@@ -197,6 +197,7 @@ def sampler_config(config) -> SamplerConfig:
         schedule=Schedule.from_config(config.diffusion.schedule),
         prediction=config.diffusion.get("prediction", "eps"),
         threshold=sampling.threshold,
+        start_logsnr=sampling.get("start_logsnr"),
     )
 
 
