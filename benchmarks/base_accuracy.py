@@ -84,9 +84,9 @@ def main() -> None:
     print(f"| workdir | {' | '.join(RATES)} | correct per seed | squares read as |")
     print("|---" * (len(RATES) + 3) + "|")
     for r in results:
-        seeds = " / ".join(f"{s['correct']:.1%}" for s in r["per_seed"])
+        per_seed = " / ".join(f"{s['correct']:.1%}" for s in r["per_seed"])
         squares = r["shape_confusion"].get("square", {})
-        print(f"| {r['workdir']} | " + " | ".join(f"{r['mean'][k]:.1%}" for k in RATES) + f" | {seeds} | {squares} |")
+        print(f"| {r['workdir']} | " + " | ".join(f"{r['mean'][k]:.1%}" for k in RATES) + f" | {per_seed} | {squares} |")
     write_results(args.out, {"prompts": prompts, "seeds": list(seeds), "guidance_weight": args.guidance,
                              "sampler_changes": changes, "results": results})
 

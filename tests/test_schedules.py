@@ -117,4 +117,3 @@ def test_time_at_logsnr_inverts_the_schedule(kind):
     # DPM-Solver (Lu et al. 2022) starts its cosine-schedule grid at T = 0.9946: log-SNR -9.56 here.
     if kind == "cosine":
         assert time_at_logsnr(schedule, float(schedule(0.9946))) == pytest.approx(0.9946, abs=1e-5)
-

@@ -67,8 +67,8 @@ class SamplerConfig:
             raise ValueError(f"threshold quantile must be in (0, 1], got {self.quantile}")
         if self.start_logsnr is not None:  # an override "-10" arrives as an int
             object.__setattr__(self, "start_logsnr", float(self.start_logsnr))
-        if self.start_logsnr is not None and not math.isfinite(self.start_logsnr):
-            raise ValueError(f"start_logsnr must be a finite log-SNR or None (start at t = 1), got {self.start_logsnr}")
+            if not math.isfinite(self.start_logsnr):
+                raise ValueError(f"start_logsnr must be a finite log-SNR or None (start at t = 1), got {self.start_logsnr}")
 
 
 def ancestral_update(z_t, x_hat, logsnr_t, logsnr_s, noise, gamma=0.0):
