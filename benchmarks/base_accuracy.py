@@ -4,12 +4,13 @@ were compared.
 
     python benchmarks/base_accuracy.py runs/demo/base [more base workdirs ...] \
         [--seeds 4] [--first-seed 0] [--guidance 5] [--sampler dpm_solver_pp_2m] [--num-steps 32] \
-        [--threshold dynamic] [--start-logsnr -10] [--out benchmarks/results/base_accuracy.json]
+        [--threshold dynamic] [--start-logsnr -10] [--strip-backgrounds] [--out benchmarks/results/base_accuracy.json]
 
 For each workdir (its latest checkpoint, EMA params), the prompts of configs/demo.py
 (eval.prompts) are sampled at seeds first .. first + seeds - 1 in one batch each and scored by
 imagen_jax.eval.prompt_accuracy. Sampler flags left out keep the stage's own `sampling`
-settings. Prints a table and writes JSON.
+settings. Prints a table, the accuracy per asked color, and how often an image whose prompt
+states a background shows an object of that background's color; writes JSON.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import re
 from pathlib import Path
 
 import numpy as np
@@ -32,35 +34,60 @@ REPO = Path(__file__).resolve().parent.parent
 RATES = ("correct", "color", "shape", "background", "count")
 
 
-def score_images(images, requests) -> tuple[dict, dict[str, collections.Counter]]:
+def score_images(images, requests, backgrounds) -> tuple[dict, dict[str, collections.Counter], dict[str, list[bool]],
+                                                           list[bool]]:
     """One analysis per image -> (prompt-accuracy rates, {asked shape: Counter(read shape
-    or "none")} over the one-object prompts)."""
+    or "none")} over the one-object prompts, {asked color: [correct per image]}, and for
+    each image with a background color in `backgrounds` (one per image, None: none) whether
+    an object of that color was detected: the stage drawing the background's color word as
+    a shape)."""
     scores, confusion = [], collections.defaultdict(collections.Counter)
-    for image, request in zip(images, requests):
+    by_color, background_as_object = collections.defaultdict(list), []
+    for image, request, background in zip(images, requests, backgrounds):
         analysis = analyze_image(image)
-        scores.append(score_prompt(request, analysis))
+        score = score_prompt(request, analysis)
+        scores.append(score)
         if len(request.objects) == 1:
             got = match_objects(request, analysis.objects)[0]
             confusion[request.objects[0].shape][got.shape if got is not None else "none"] += 1
-    return summarize(scores), confusion
+            by_color[request.objects[0].color].append(score["correct"])
+        if background is not None:
+            background_as_object.append(any(o.color == background for o in analysis.objects))
+    return summarize(scores), confusion, by_color, background_as_object
 
 
-def score_workdir(workdir: str, prompts, seeds, guidance: float, sampler_changes: dict) -> dict:
+def without_background(prompt: str) -> str:
+    """'a red circle on a white background' -> 'a red circle' (the control of --strip-backgrounds)."""
+    return re.sub(r" on an? \w+ background$", "", prompt)
+
+
+def score_workdir(workdir: str, prompts, seeds, guidance: float, sampler_changes: dict,
+                  strip_backgrounds: bool = False) -> dict:
     cascade = Cascade.from_workdirs([workdir])
     settings = {"guidance_weight": guidance}
     if sampler_changes:
         settings["sampler"] = dataclasses.replace(cascade.stages[0].sampler, **sampler_changes)
+    backgrounds = [parse_prompt(p).background for p in prompts]
+    if strip_backgrounds:
+        prompts = [without_background(p) for p in prompts]
     requests = [parse_prompt(p) for p in prompts]
     per_seed, confusion = [], collections.defaultdict(collections.Counter)
+    by_color, background_as_object = collections.defaultdict(list), []
     for seed in seeds:
         images = cascade.sample(prompts, seed=seed, batch_size=len(prompts), stage_settings=[settings]).images[0]
-        rates, seed_confusion = score_images(images, requests)
+        rates, seed_confusion, seed_by_color, seed_background = score_images(images, requests, backgrounds)
         per_seed.append({k: rates[k] for k in RATES})
         for shape, counts in seed_confusion.items():
             confusion[shape].update(counts)
-    mean = {k: float(np.mean([r[k] for r in per_seed if r[k] is not None])) for k in RATES}
+        for color, outcomes in seed_by_color.items():
+            by_color[color].extend(outcomes)
+        background_as_object.extend(seed_background)
+    rated = {k: [r[k] for r in per_seed if r[k] is not None] for k in RATES}
+    mean = {k: float(np.mean(v)) if v else None for k, v in rated.items()}  # None: no prompt states it
     return {"workdir": workdir, "per_seed": per_seed, "mean": mean,
-            "shape_confusion": {s: dict(c) for s, c in sorted(confusion.items())}}
+            "shape_confusion": {s: dict(c) for s, c in sorted(confusion.items())},
+            "correct_by_color": {c: float(np.mean(v)) for c, v in by_color.items()},
+            "background_color_as_object": float(np.mean(background_as_object)) if background_as_object else None}
 
 
 def main() -> None:
@@ -73,6 +100,9 @@ def main() -> None:
     parser.add_argument("--num-steps", type=int, help="sampler steps (default: the stage's)")
     parser.add_argument("--threshold", help="none | static | dynamic (default: the stage's)")
     parser.add_argument("--start-logsnr", type=float, help="log-SNR of the sampler's first step (default: the stage's)")
+    parser.add_argument("--strip-backgrounds", action="store_true",
+                        help="sample the prompts without their 'on a ... background' clause (a control: the "
+                             "background-color-as-object rate still checks the removed color)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/base_accuracy.json"))
     args = parser.parse_args()
     prompts = list(load_config(str(REPO / "configs/demo.py")).eval.prompts)
@@ -80,15 +110,21 @@ def main() -> None:
              ("start_logsnr", args.start_logsnr))
     changes = {k: v for k, v in flags if v is not None}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    results = [score_workdir(w, prompts, seeds, args.guidance, changes) for w in args.workdirs]
+    results = [score_workdir(w, prompts, seeds, args.guidance, changes, args.strip_backgrounds) for w in args.workdirs]
     print(f"| workdir | {' | '.join(RATES)} | correct per seed | squares read as |")
     print("|---" * (len(RATES) + 3) + "|")
     for r in results:
         per_seed = " / ".join(f"{s['correct']:.1%}" for s in r["per_seed"])
         squares = r["shape_confusion"].get("square", {})
-        print(f"| {r['workdir']} | " + " | ".join(f"{r['mean'][k]:.1%}" for k in RATES) + f" | {per_seed} | {squares} |")
-    write_results(args.out, {"prompts": prompts, "seeds": list(seeds), "guidance_weight": args.guidance,
-                             "sampler_changes": changes, "results": results})
+        means = " | ".join("n/a" if r["mean"][k] is None else f"{r['mean'][k]:.1%}" for k in RATES)
+        print(f"| {r['workdir']} | {means} | {per_seed} | {squares} |")
+    for r in results:
+        colors = ", ".join(f"{c} {v:.0%}" for c, v in r["correct_by_color"].items())
+        stated = r["background_color_as_object"]
+        stated = "n/a" if stated is None else f"{stated:.1%}"
+        print(f"{r['workdir']}: correct by asked color: {colors}; an object in the stated background's color: {stated}")
+    write_results(args.out, {"prompts": prompts, "strip_backgrounds": args.strip_backgrounds, "seeds": list(seeds),
+                             "guidance_weight": args.guidance, "sampler_changes": changes, "results": results})
 
 
 if __name__ == "__main__":
