@@ -28,6 +28,7 @@ def get_config() -> ml_collections.ConfigDict:
             head_dim=64,
             num_heads=None,
             resblock_updown=True,
+            patch_size=1,
             embed_dim=2048,  # ADM: 4 x channels
             noise_sinusoid_dim=512,
             text_dim=4096,  # T5-XXL

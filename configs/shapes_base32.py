@@ -21,6 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
             head_dim=24,
             num_heads=None,
             resblock_updown=True,
+            patch_size=1,
             embed_dim=128,
             noise_sinusoid_dim=64,
             text_dim=256,  # must equal the text encoder's output width

@@ -26,6 +26,10 @@ TINY = {
         stage="base", resolution=16,
         model=dict(family="unet", channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), head_dim=8, num_heads=None, text_context_dim=8, **COMMON),
     ),
+    "unet_patch": dict(  # model.patch_size 2: the UNet runs on 2 x 2 pixel blocks (8 x 8 of them)
+        stage="base", resolution=16,
+        model=dict(family="unet", channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), head_dim=8, num_heads=None, patch_size=2, **COMMON),
+    ),
     "efficient_self": dict(
         stage="sr", resolution=16, low_res_resolution=8,
         model=dict(family="efficient_unet", channels=(8, 16), num_res_blocks=(1, 2), strides=(2, 2), attention=("none", "self"), num_heads=2, low_res_conditioning=True, **COMMON),
@@ -196,6 +200,28 @@ def test_low_res_skip_starts_as_the_upsampling():
         build_model(ml_collections.ConfigDict(dict(TINY["efficient_self"]["model"], low_res_skip=True,
                                                    low_res_conditioning=False))).init(
             jax.random.key(0), inputs["z"], inputs["logsnr"], inputs["text_embedding"], inputs["text_mask"])
+
+
+def test_space_to_depth_layout_and_inverse():
+    """Each 2 x 2 patch becomes one position's 12 channels (row-major within the patch, then
+    RGB), and depth_to_space undoes it exactly."""
+    from imagen_jax.models.layers import depth_to_space, space_to_depth
+
+    x = np.arange(2 * 4 * 6 * 3, dtype=np.float32).reshape(2, 4, 6, 3)
+    blocks = np.asarray(space_to_depth(jnp.asarray(x), 2))
+    assert blocks.shape == (2, 2, 3, 12)
+    for i, j, a, b in [(0, 0, 0, 0), (1, 2, 1, 0), (0, 1, 1, 1), (1, 1, 0, 1)]:
+        np.testing.assert_array_equal(blocks[:, i, j, (2 * a + b) * 3:(2 * a + b + 1) * 3], x[:, 2 * i + a, 2 * j + b])
+    np.testing.assert_array_equal(np.asarray(depth_to_space(jnp.asarray(blocks), 2)), x)
+    np.testing.assert_array_equal(np.asarray(space_to_depth(jnp.asarray(x), 1)), x)
+
+
+def test_patch_size_must_divide_the_image():
+    config, model, params, _ = setup("unet_patch")
+    inputs = make_inputs(config, jax.random.key(13))
+    model.apply({"params": params}, **dict(inputs, z=jnp.zeros((BATCH, 12, 12, 3))))  # 12 = 2 (patch) * 2 (levels) * 3
+    with pytest.raises(ValueError, match="patch_size"):
+        model.apply({"params": params}, **dict(inputs, z=jnp.zeros((BATCH, 10, 10, 3))))
 
 
 def test_determinism():

@@ -100,3 +100,22 @@ def upsample_2x(x):
     """Nearest-neighbour 2x upsampling, [B, H, W, C] -> [B, 2H, 2W, C]."""
     b, h, w, c = x.shape
     return jnp.broadcast_to(x[:, :, None, :, None, :], (b, h, 2, w, 2, c)).reshape(b, 2 * h, 2 * w, c)
+
+
+def space_to_depth(x, block: int):
+    """[B, H, W, C] -> [B, H/block, W/block, block * block * C]: each block x block pixel patch
+    becomes one position's channels (row-major within the patch). block 1 is the identity."""
+    if block == 1:
+        return x
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // block, block, w // block, block, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h // block, w // block, block * block * c)
+
+
+def depth_to_space(x, block: int):
+    """The inverse of space_to_depth: [B, h, w, block * block * C] -> [B, h * block, w * block, C]."""
+    if block == 1:
+        return x
+    b, h, w, c = x.shape
+    x = x.reshape(b, h, w, block, block, c // (block * block)).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(b, h * block, w * block, c // (block * block))

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 
 from imagen_jax.models.attention import SelfAttention
 from imagen_jax.models.conditioning import UNetCommon
-from imagen_jax.models.layers import GroupNorm, conv, upsample_2x
+from imagen_jax.models.layers import GroupNorm, conv, depth_to_space, space_to_depth, upsample_2x
 from imagen_jax.models.partitioning import image_constraint
 
 
@@ -26,13 +26,16 @@ class UNet(UNetCommon):
     num_res_blocks: int = 3
     attention_resolutions: tuple[int, ...] = (32, 16, 8)
     resblock_updown: bool = True
+    patch_size: int = 1  # > 1: the UNet runs on patch x patch pixel blocks (space to depth), not in the paper
 
     @nn.compact
     def __call__(self, z, logsnr, text_embedding, text_mask, low_res=None, aug_logsnr=None, train: bool = False):
-        levels = len(self.channel_mult)
-        if z.shape[1] % 2 ** (levels - 1) or z.shape[2] % 2 ** (levels - 1):
-            raise ValueError(f"image size {z.shape[1:3]} must be divisible by 2^(len(model.channel_mult) - 1) = {2 ** (levels - 1)}")
+        levels, patch = len(self.channel_mult), self.patch_size
+        factor = patch * 2 ** (levels - 1)
+        if z.shape[1] % factor or z.shape[2] % factor:
+            raise ValueError(f"image size {z.shape[1:3]} must be divisible by model.patch_size * 2^(len(model.channel_mult) - 1) = {factor}")
         x, emb, text, text_mask = self._conditioned_inputs(z, logsnr, text_embedding, text_mask, low_res, aug_logsnr)
+        x = space_to_depth(x, patch)
         emb_act = nn.swish(emb)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         attention = self._block(SelfAttention)
@@ -49,7 +52,7 @@ class UNet(UNetCommon):
 
         h = conv(self.channels * self.channel_mult[0], 3, in_axis=None, name="conv_in", **kw)(x)
         skips = [h]
-        resolution = z.shape[1]
+        resolution = x.shape[1]  # of the feature maps: attention_resolutions count them, not image pixels
         for level, mult in enumerate(self.channel_mult):
             for i in range(self.num_res_blocks):
                 h = self._resnet(self.channels * mult, train, name=f"down_{level}_block_{i}")(h, emb_act)
@@ -76,5 +79,5 @@ class UNet(UNetCommon):
                 resolution *= 2
 
         h = GroupNorm(self.norm_groups, name="norm_out", **kw)(h, swish=True)
-        out = conv(self.out_channels, 3, zero_init=True, out_axis=None, name="conv_out", **kw)(h)
-        return image_constraint(out.astype(jnp.float32))
+        out = conv(self.out_channels * patch**2, 3, zero_init=True, out_axis=None, name="conv_out", **kw)(h)
+        return image_constraint(depth_to_space(out, patch).astype(jnp.float32))
