@@ -38,7 +38,10 @@ def load_config(spec) -> ml_collections.ConfigDict:
 
 
 def _parse_value(text: str, current):
-    """Parse an override value to the type of the field it replaces."""
+    """Parse an override value to the type of the field it replaces; "None" turns an
+    optional float field off (e.g. diffusion.min_snr_gamma=None)."""
+    if isinstance(current, float) and text.strip() == "None":
+        return None
     if isinstance(current, bool):
         lowered = text.strip().lower()
         if lowered in ("true", "1", "yes"):

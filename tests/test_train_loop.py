@@ -200,6 +200,17 @@ def test_config_mismatch_is_refused(tmp_path):
     assert json.loads((tmp_path / "config.json").read_text())["optimizer"]["peak_lr"] == 0.5
 
 
+def test_overrides_are_typed_and_none_turns_an_optional_float_off():
+    config = apply_overrides(load_config(CONFIG), ["diffusion.min_snr_gamma=5.0", "optimizer.warmup_steps=7",
+                                                   "sampling.start_logsnr=-10"])
+    assert config.diffusion.min_snr_gamma == 5.0 and config.optimizer.warmup_steps == 7
+    assert config.sampling.start_logsnr == -10
+    config = apply_overrides(config, ["diffusion.min_snr_gamma=None"])
+    assert config.diffusion.min_snr_gamma is None
+    with pytest.raises(ValueError, match="optimizer.warmup_steps"):
+        apply_overrides(config, ["optimizer.warmup_steps=None"])
+
+
 def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(data_dir, tmp_path):
     overrides = tiny_overrides(data_dir, steps=40, **{"optimizer.peak_lr": 1e30, "optimizer.warmup_steps": 0,
                                                       "train.max_nonfinite_streak": 3})
