@@ -4,7 +4,8 @@ were compared.
 
     python benchmarks/base_accuracy.py runs/demo/base [more base workdirs ...] \
         [--seeds 4] [--first-seed 0] [--guidance 5] [--sampler dpm_solver_pp_2m] [--num-steps 32] \
-        [--threshold dynamic] [--start-logsnr -10] [--strip-backgrounds] [--out benchmarks/results/base_accuracy.json]
+        [--threshold dynamic] [--start-logsnr -10] [--guidance-logsnr-min None] [--guidance-logsnr-max 2] \
+        [--strip-backgrounds] [--out benchmarks/results/base_accuracy.json]
 
 For each workdir (its latest checkpoint, EMA params), the prompts of configs/demo.py
 (eval.prompts) are sampled at seeds first .. first + seeds - 1 in one batch each and scored by
@@ -90,6 +91,14 @@ def score_workdir(workdir: str, prompts, seeds, guidance: float, sampler_changes
             "background_color_as_object": float(np.mean(background_as_object)) if background_as_object else None}
 
 
+_STAGES = object()  # a flag left out: keep the stage's own setting
+
+
+def optional_float(text: str):
+    """A float, or None for "None" (an optional sampler field turned off)."""
+    return None if text.strip().lower() == "none" else float(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("workdirs", nargs="+", help="trained base-stage workdirs")
@@ -99,16 +108,22 @@ def main() -> None:
     parser.add_argument("--sampler", help="ancestral | ddim | dpm_solver_pp_2m (default: the stage's)")
     parser.add_argument("--num-steps", type=int, help="sampler steps (default: the stage's)")
     parser.add_argument("--threshold", help="none | static | dynamic (default: the stage's)")
-    parser.add_argument("--start-logsnr", type=float, help="log-SNR of the sampler's first step (default: the stage's)")
+    for flag, what in (("--start-logsnr", "log-SNR of the sampler's first step"),
+                       ("--guidance-logsnr-min", "guidance only at log-SNR >= this"),
+                       ("--guidance-logsnr-max", "guidance only at log-SNR <= this")):
+        parser.add_argument(flag, type=optional_float, default=_STAGES,
+                            help=f"{what}; None turns it off (default: the stage's)")
     parser.add_argument("--strip-backgrounds", action="store_true",
                         help="sample the prompts without their 'on a ... background' clause (a control: the "
                              "background-color-as-object rate still checks the removed color)")
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/base_accuracy.json"))
     args = parser.parse_args()
     prompts = list(load_config(str(REPO / "configs/demo.py")).eval.prompts)
-    flags = (("kind", args.sampler), ("num_steps", args.num_steps), ("threshold", args.threshold),
-             ("start_logsnr", args.start_logsnr))
+    flags = (("kind", args.sampler), ("num_steps", args.num_steps), ("threshold", args.threshold))
     changes = {k: v for k, v in flags if v is not None}
+    for field in ("start_logsnr", "guidance_logsnr_min", "guidance_logsnr_max"):
+        if getattr(args, field) is not _STAGES:
+            changes[field] = getattr(args, field)
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     results = [score_workdir(w, prompts, seeds, args.guidance, changes, args.strip_backgrounds) for w in args.workdirs]
     print(f"| workdir | {' | '.join(RATES)} | correct per seed | squares read as |")

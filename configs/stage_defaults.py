@@ -27,7 +27,9 @@ Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
   mesh.data / mesh.fsdp     device mesh (-1: all remaining devices); mesh.rules: None = defaults
   sampling.*                sampler for the grids: sampler, num_steps, threshold,
                             guidance_weight, aug_level (SR), start_logsnr (None: the
-                            grid starts at t = 1; else at this log-SNR)
+                            grid starts at t = 1; else at this log-SNR),
+                            guidance_logsnr_min / _max (None: guide at every step; else
+                            only at log-SNRs inside the interval, Kynkaanniemi et al. 2024)
 """
 
 import ml_collections
@@ -80,6 +82,6 @@ def add_training_sections(
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=None))
     config.sampling = ml_collections.ConfigDict(dict(
         sampler="dpm_solver_pp_2m", num_steps=32, threshold="dynamic", guidance_weight=3.0, aug_level=0.0,
-        start_logsnr=None,
+        start_logsnr=None, guidance_logsnr_min=None, guidance_logsnr_max=None,
     ))
     return config

@@ -128,7 +128,18 @@ def test_stage_config_from_a_training_config():
     assert stage.sampler.start_logsnr is None  # a config without the field starts at t = 1
     config = tiny_stage_config("base")
     config.sampling.start_logsnr = -10.0
-    assert StageConfig.from_config(config).sampler.start_logsnr == -10.0
+    config.sampling.guidance_logsnr_max = 2.0
+    sampler = StageConfig.from_config(config).sampler
+    assert (sampler.start_logsnr, sampler.guidance_logsnr_min, sampler.guidance_logsnr_max) == (-10.0, None, 2.0)
+
+
+def test_sample_settings_parse_per_stage_and_none_unsets_an_optional_field():
+    from imagen_jax.pipeline.cli import parse_settings
+
+    settings = parse_settings(["0.guidance_logsnr_max=2", "0.start_logsnr=None", "1.guidance_weight=1"], 2)
+    assert settings == [{"sampler": {"guidance_logsnr_max": 2.0, "start_logsnr": None}}, {"guidance_weight": 1.0}]
+    with pytest.raises(ValueError, match="num_steps takes a int"):
+        parse_settings(["0.num_steps=None"], 1)
 
 
 def test_workdir_errors(stages, tmp_path):

@@ -168,6 +168,43 @@ def test_guidance_is_one_batched_call_and_w1_is_the_conditional_model():
     assert np.abs(np.asarray(w5) - np.asarray(plain)).max() > 1e-2
 
 
+@pytest.mark.parametrize("kind", ["ancestral", "dpm_solver_pp_2m"])
+def test_guidance_interval_guides_exactly_the_steps_inside_and_skips_the_other_pass(kind):
+    lo, hi, w, n = -6.0, 2.0, 4.0, 16
+    lam_grid = grid_logsnr(n, start_logsnr=-8.0)[:n]  # the log-SNR of each model evaluation
+    inside = (lam_grid >= lo) & (lam_grid <= hi)
+    assert 0 < inside.sum() < n  # the interval splits this grid
+    cond, uncond = {"c": jnp.full((4, 1), 0.5)}, {"c": jnp.full((4, 1), -0.2)}
+    batch_sizes = []
+
+    def counting_model(z, logsnr, c):
+        jax.debug.callback(lambda b: batch_sizes.append(int(b)), jnp.int32(z.shape[0]))
+        return conditional_model(z, logsnr, c)
+
+    def hand_guided(z, logsnr, c):  # guidance applied by hand where the log-SNR is inside
+        guide = ((logsnr >= lo) & (logsnr <= hi))[:, None]
+        return optimal_eps(z, logsnr, None) + jnp.where(guide, w * 0.5 + (1 - w) * -0.2, 0.5)
+
+    key, shape = jax.random.key(3), (4, DIM)
+    base = dict(kind=kind, num_steps=n, threshold="none", start_logsnr=-8.0)
+    config = SamplerConfig(**base, guidance_logsnr_min=lo, guidance_logsnr_max=hi)
+    got = sample(counting_model, key, shape, config=config, cond=cond, uncond=uncond, guidance_weight=w)
+    jax.effects_barrier()
+    assert sorted(batch_sizes) == sorted([8] * int(inside.sum()) + [4] * int((~inside).sum()))
+    unbounded = SamplerConfig(**base)
+    want = sample(hand_guided, key, shape, config=unbounded, cond=cond)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+    # An interval holding every step is plain guidance; one holding none is w = 1.
+    everywhere = SamplerConfig(**base, guidance_logsnr_min=-50, guidance_logsnr_max=50)
+    nowhere = SamplerConfig(**base, guidance_logsnr_min=30, guidance_logsnr_max=40)
+    run = lambda c, weight: np.asarray(sample(conditional_model, key, shape, config=c, cond=cond, uncond=uncond,  # noqa: E731
+                                              guidance_weight=weight))
+    np.testing.assert_allclose(run(everywhere, w), run(unbounded, w), atol=1e-6)
+    np.testing.assert_allclose(run(nowhere, w), run(unbounded, 1.0), atol=1e-6)
+    assert np.abs(run(unbounded, w) - run(unbounded, 1.0)).max() > 1e-2
+
+
 @pytest.mark.parametrize("kind", ["ancestral", "ddim", "dpm_solver_pp_2m"])
 def test_same_key_same_samples_and_thresholding_keeps_range(kind):
     def wild(z, logsnr, cond):  # predicts x far outside [-1, 1]
@@ -215,3 +252,8 @@ def test_sampler_config_errors_name_the_fix():
         SamplerConfig(num_steps=0)
     with pytest.raises(ValueError, match="start_logsnr must be a finite log-SNR or None"):
         SamplerConfig(start_logsnr=float("-inf"))
+    with pytest.raises(ValueError, match="guidance interval is empty.*swap them"):
+        SamplerConfig(guidance_logsnr_min=2.0, guidance_logsnr_max=-6.0)
+    with pytest.raises(ValueError, match="guidance_logsnr_max must be a finite log-SNR or None"):
+        SamplerConfig(guidance_logsnr_max=float("nan"))
+    assert SamplerConfig(guidance_logsnr_max=2).guidance_logsnr_max == 2.0  # an override "2" arrives as an int

@@ -44,6 +44,11 @@ class SamplerConfig:
       ~22000 at log-SNR -20 (the cosine schedule's t = 1), ~150 at -10. Few-step grids take a
       large first step (32 steps on the cosine schedule: -20 to -6), which carries that error
       into z. DPM-Solver starts its cosine grids at T = 0.9946 (log-SNR -9.6) for this reason.
+    guidance_logsnr_min / guidance_logsnr_max: guidance applies only at steps whose log-SNR
+      lies in [min, max] (None: unbounded on that side); elsewhere the step takes the
+      conditional prediction alone (w = 1) in one model pass instead of two. Both None (the
+      default) is Imagen's guidance at every step. The guidance interval of Kynkaanniemi et
+      al. 2024 ("Applying guidance in a limited interval"); not part of Imagen.
     """
 
     kind: str = "ancestral"
@@ -55,6 +60,8 @@ class SamplerConfig:
     gamma: float = 0.0
     eta: float = 0.0
     start_logsnr: float | None = None
+    guidance_logsnr_min: float | None = None
+    guidance_logsnr_max: float | None = None
 
     def __post_init__(self):
         checks = (("kind", SAMPLERS), ("prediction", PREDICTIONS), ("threshold", THRESHOLDS))
@@ -69,6 +76,29 @@ class SamplerConfig:
             object.__setattr__(self, "start_logsnr", float(self.start_logsnr))
             if not math.isfinite(self.start_logsnr):
                 raise ValueError(f"start_logsnr must be a finite log-SNR or None (start at t = 1), got {self.start_logsnr}")
+        for name in ("guidance_logsnr_min", "guidance_logsnr_max"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, float(value))
+                if not math.isfinite(getattr(self, name)):
+                    raise ValueError(f"{name} must be a finite log-SNR or None (unbounded), got {value}")
+        lo, hi = self.guidance_logsnr_min, self.guidance_logsnr_max
+        if lo is not None and hi is not None and lo > hi:
+            raise ValueError(f"guidance interval is empty: guidance_logsnr_min {lo} > guidance_logsnr_max {hi}; "
+                             "swap them, or set guidance_weight=1 to sample without guidance")
+
+    @property
+    def has_guidance_interval(self) -> bool:
+        return self.guidance_logsnr_min is not None or self.guidance_logsnr_max is not None
+
+    def guided_at(self, logsnr):
+        """Whether a step at `logsnr` (scalar) is guided: inside [min, max] (bool array)."""
+        inside = jnp.asarray(True)
+        if self.guidance_logsnr_min is not None:
+            inside = inside & (logsnr >= self.guidance_logsnr_min)
+        if self.guidance_logsnr_max is not None:
+            inside = inside & (logsnr <= self.guidance_logsnr_max)
+        return inside
 
 
 def ancestral_update(z_t, x_hat, logsnr_t, logsnr_s, noise, gamma=0.0):
@@ -141,17 +171,14 @@ def _sample(model_fn, key, cond, uncond, guidance_weight, shape, config, dtype):
     def body(i, carry):
         z, x_prev = carry
         logsnr_t, logsnr_s = logsnr_at(i), logsnr_at(i + 1)
-        x_hat, eps_hat = denoise(
-            model_fn,
-            z,
-            logsnr_t,
-            cond,
-            uncond,
-            guidance_weight,
-            prediction=config.prediction,
-            threshold=config.threshold,
-            quantile=config.quantile,
-        )
+        settings = dict(prediction=config.prediction, threshold=config.threshold, quantile=config.quantile)
+        guided = lambda: denoise(model_fn, z, logsnr_t, cond, uncond, guidance_weight, **settings)  # noqa: E731
+        if uncond is not None and config.has_guidance_interval:
+            # Outside the interval w = 1, which is the conditional pass alone: skip the other.
+            unguided = lambda: denoise(model_fn, z, logsnr_t, cond, None, **settings)  # noqa: E731
+            x_hat, eps_hat = jax.lax.cond(config.guided_at(logsnr_t[0]), guided, unguided)
+        else:
+            x_hat, eps_hat = guided()
         if config.kind == "ancestral":
             noise = jax.random.normal(jax.random.fold_in(key, i), shape, dtype)
             z_s = ancestral_update(z, x_hat, logsnr_t, logsnr_s, noise, config.gamma)

@@ -7,7 +7,8 @@
 <out>/grid.png, <out>/manifest.json (for `imagen-jax eval --manifest`), and each earlier
 stage's images under <out>/stages/<i>_<workdir name>/.
 --set STAGE.FIELD=VALUE changes one stage's sampling: FIELD is guidance_weight, aug_level,
-image_size, or a sampler field (kind, num_steps, threshold, quantile, gamma, eta, start_logsnr).
+image_size, or a sampler field (kind, num_steps, threshold, quantile, gamma, eta, start_logsnr,
+guidance_logsnr_min, guidance_logsnr_max; "None" unsets an optional one).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import sys
 _STAGE_FIELDS = {"guidance_weight": float, "aug_level": float, "image_size": int}
 # SamplerConfig fields a user may change per stage.
 _SAMPLER_FIELDS = {"kind": str, "num_steps": int, "threshold": str, "quantile": float, "gamma": float, "eta": float,
-                   "start_logsnr": float}
+                   "start_logsnr": float, "guidance_logsnr_min": float, "guidance_logsnr_max": float}
+_OPTIONAL_FIELDS = ("start_logsnr", "guidance_logsnr_min", "guidance_logsnr_max")  # "None" unsets these
 
 
 def add_parser(subparsers) -> None:
@@ -56,7 +58,7 @@ def parse_settings(items: list[str], num_stages: int) -> list[dict]:
         if field not in kinds:
             raise ValueError(f"--set {item!r}: unknown field {field!r}; use one of {sorted(kinds)}.")
         try:
-            parsed = kinds[field](value)
+            parsed = None if field in _OPTIONAL_FIELDS and value.strip() == "None" else kinds[field](value)
         except ValueError:
             raise ValueError(f"--set {item!r}: {field} takes a {kinds[field].__name__}.") from None
         target = settings[int(stage)].setdefault("sampler", {}) if field in _SAMPLER_FIELDS else settings[int(stage)]

@@ -17,6 +17,22 @@ from imagen_jax.diffusion import SamplerConfig, Schedule, null_text, q_sample
 from imagen_jax.diffusion import sample as run_sampler
 
 
+def sampler_from_config(config) -> SamplerConfig:
+    """The `sampling` section of a stage's config (ConfigDict, or the dict in a workdir's
+    config.json; fields missing from older workdirs take their defaults) as a SamplerConfig."""
+    get = lambda section, key, default=None: (config.get(section) or {}).get(key, default)  # noqa: E731
+    return SamplerConfig(
+        kind=get("sampling", "sampler", "dpm_solver_pp_2m"),
+        num_steps=int(get("sampling", "num_steps", 32)),
+        schedule=Schedule.from_config(config["diffusion"]["schedule"]),
+        prediction=get("diffusion", "prediction", "eps"),
+        threshold=get("sampling", "threshold", "dynamic"),
+        start_logsnr=get("sampling", "start_logsnr"),
+        guidance_logsnr_min=get("sampling", "guidance_logsnr_min"),
+        guidance_logsnr_max=get("sampling", "guidance_logsnr_max"),
+    )
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelFn:
     """model_fn(params, z, logsnr, cond) -> prediction for a flax module; hashable, so a
@@ -68,15 +84,7 @@ class StageConfig:
         from imagen_jax.models import build_model
 
         get = lambda section, key, default=None: (config.get(section) or {}).get(key, default)  # noqa: E731
-        schedule = Schedule.from_config(config["diffusion"]["schedule"])
-        sampler = SamplerConfig(
-            kind=get("sampling", "sampler", "dpm_solver_pp_2m"),
-            num_steps=int(get("sampling", "num_steps", 32)),
-            schedule=schedule,
-            prediction=get("diffusion", "prediction", "eps"),
-            threshold=get("sampling", "threshold", "dynamic"),
-            start_logsnr=get("sampling", "start_logsnr"),
-        )
+        sampler = sampler_from_config(config)
         stage = config.get("stage", "base")
         fields = dict(
             model=build_model(config["model"]),

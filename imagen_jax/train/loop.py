@@ -25,7 +25,6 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from imagen_jax import config as config_lib
-from imagen_jax.diffusion import SamplerConfig, Schedule
 from imagen_jax.images import make_grid, save_png, to_uint8
 from imagen_jax.models import build_model, dummy_inputs
 from imagen_jax.parallel import (
@@ -36,7 +35,7 @@ from imagen_jax.parallel import (
     make_mesh,
     rules_from_config,
 )
-from imagen_jax.pipeline.stage_sampler import sample_stage
+from imagen_jax.pipeline.stage_sampler import sample_stage, sampler_from_config
 from imagen_jax.train.checkpoints import Checkpoints, abstract_like
 from imagen_jax.train.hardware import peak_tflops
 from imagen_jax.train.optimizers import make_optimizer
@@ -189,18 +188,6 @@ class MetricsWriter:
             self.tb.close()
 
 
-def sampler_config(config) -> SamplerConfig:
-    sampling = config.sampling
-    return SamplerConfig(
-        kind=sampling.sampler,
-        num_steps=sampling.num_steps,
-        schedule=Schedule.from_config(config.diffusion.schedule),
-        prediction=config.diffusion.get("prediction", "eps"),
-        threshold=sampling.threshold,
-        start_logsnr=sampling.get("start_logsnr"),
-    )
-
-
 def preview_inputs(config, encoder):
     """Fixed inputs for the sample grids: the configured prompts encoded; for SR stages the
     first examples of the (unshuffled) data split as low-res inputs and ground truth."""
@@ -234,7 +221,7 @@ def write_sample_grid(config, model, params, preview, step: int, workdir: str, w
     put = lambda name: jax.device_put(np.asarray(preview[name]), replicated)  # noqa: E731
     images = sample_stage(
         model, params, put("text_embedding"), put("text_mask"),
-        jax.random.key(config.seed), image_size=config.resolution, sampler=sampler_config(config),
+        jax.random.key(config.seed), image_size=config.resolution, sampler=sampler_from_config(config),
         guidance_weight=float(config.sampling.guidance_weight),
         low_res=put("low_res") if "low_res" in preview else None,
         aug_level=float(config.sampling.get("aug_level", 0.0)),
