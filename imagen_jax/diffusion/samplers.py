@@ -72,16 +72,14 @@ class SamplerConfig:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if not 0.0 < self.quantile <= 1.0:
             raise ValueError(f"threshold quantile must be in (0, 1], got {self.quantile}")
-        if self.start_logsnr is not None:  # an override "-10" arrives as an int
-            object.__setattr__(self, "start_logsnr", float(self.start_logsnr))
-            if not math.isfinite(self.start_logsnr):
-                raise ValueError(f"start_logsnr must be a finite log-SNR or None (start at t = 1), got {self.start_logsnr}")
-        for name in ("guidance_logsnr_min", "guidance_logsnr_max"):
+        none_means = {"start_logsnr": "start at t = 1", "guidance_logsnr_min": "unbounded",
+                      "guidance_logsnr_max": "unbounded"}
+        for name, meaning in none_means.items():
             value = getattr(self, name)
-            if value is not None:
+            if value is not None:  # an override "-10" arrives as an int
                 object.__setattr__(self, name, float(value))
                 if not math.isfinite(getattr(self, name)):
-                    raise ValueError(f"{name} must be a finite log-SNR or None (unbounded), got {value}")
+                    raise ValueError(f"{name} must be a finite log-SNR or None ({meaning}), got {value}")
         lo, hi = self.guidance_logsnr_min, self.guidance_logsnr_max
         if lo is not None and hi is not None and lo > hi:
             raise ValueError(f"guidance interval is empty: guidance_logsnr_min {lo} > guidance_logsnr_max {hi}; "

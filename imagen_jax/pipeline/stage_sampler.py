@@ -17,10 +17,16 @@ from imagen_jax.diffusion import SamplerConfig, Schedule, null_text, q_sample
 from imagen_jax.diffusion import sample as run_sampler
 
 
+def _section_getter(config):
+    """get(section, key, default) on a ConfigDict or a workdir's config.json dict; a missing
+    section or field (older workdirs) gives the default."""
+    return lambda section, key, default=None: (config.get(section) or {}).get(key, default)
+
+
 def sampler_from_config(config) -> SamplerConfig:
     """The `sampling` section of a stage's config (ConfigDict, or the dict in a workdir's
     config.json; fields missing from older workdirs take their defaults) as a SamplerConfig."""
-    get = lambda section, key, default=None: (config.get(section) or {}).get(key, default)  # noqa: E731
+    get = _section_getter(config)
     return SamplerConfig(
         kind=get("sampling", "sampler", "dpm_solver_pp_2m"),
         num_steps=int(get("sampling", "num_steps", 32)),
@@ -83,7 +89,7 @@ class StageConfig:
         `changes` replace fields: sampler=..., guidance_weight=..., ..."""
         from imagen_jax.models import build_model
 
-        get = lambda section, key, default=None: (config.get(section) or {}).get(key, default)  # noqa: E731
+        get = _section_getter(config)
         sampler = sampler_from_config(config)
         stage = config.get("stage", "base")
         fields = dict(
