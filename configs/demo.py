@@ -91,7 +91,7 @@ def _demo() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     # The base stage's accuracy follows its training length (README, "Longer and cheaper base
     # stages"), so its UNet runs on 2 x 2 pixel blocks (model.patch_size; not in the paper): on
-    # 2 CPU cores the training loop runs at 105-108 img/s against about 38. Measured (base
+    # 2 CPU cores the training loop runs at 108-112 img/s against about 38. Measured (base
     # accuracy, seeds 0-7, about 20 min of training each): plain UNet 5400 steps 70.4%; 2 x 2
     # blocks, 24 channels, (1, 2, 4), 14000 steps 77.5%; 32 channels, (1, 2, 2), 14000 steps
     # 82.1%. The last with the guidance interval below, seeds 0-15: 89.4% at 14000 steps,
