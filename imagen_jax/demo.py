@@ -26,6 +26,7 @@ import time
 import jax
 import numpy as np
 
+from imagen_jax import storage
 from imagen_jax.images import make_grid, save_png, to_uint8
 
 DEFAULT_CONFIG = "configs/demo.py"
@@ -115,9 +116,9 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
     from imagen_jax.pipeline.outputs import write_images
     from imagen_jax.train.loop import train
 
-    workdir = os.path.abspath(workdir)
+    workdir = os.fspath(storage.path(workdir))
     seconds, result = {}, {}
-    stage_dirs = [os.path.join(workdir, "base"), os.path.join(workdir, "sr")]
+    stage_dirs = [storage.join(workdir, "base"), storage.join(workdir, "sr")]
     for name, stage_dir in zip(("base", "sr"), stage_dirs):
         start = time.perf_counter()
         print(f"== training the {name} stage ({config[name].train.steps} steps) in {stage_dir}", file=sys.stderr)
@@ -129,18 +130,18 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
     cascade = Cascade.from_workdirs(stage_dirs)
     prompts = list(ev.prompts)
     out = cascade.sample(prompts, seed=ev.seed, batch_size=ev.batch_size, progress=progress)
-    samples = os.path.join(workdir, "samples")
+    samples = storage.join(workdir, "samples")
     write_images(samples, prompts, out.final)
-    write_images(os.path.join(samples, "base"), prompts, out.images[0], upscale_to=64)
+    write_images(storage.join(samples, "base"), prompts, out.images[0], upscale_to=64)
     side_by_side = np.stack([out.images[0].repeat(2, axis=1).repeat(2, axis=2), out.final], axis=1)
     save_png(make_grid(side_by_side.reshape((-1,) + out.final.shape[1:]), columns=10, upscale_to=96),
-             os.path.join(samples, "cascade.png"))
+             storage.join(samples, "cascade.png"))
     result["base_accuracy"] = prompt_accuracy(out.images[0], prompts)
     result["final_accuracy"] = prompt_accuracy(out.final, prompts)
     two = list(ev.two_object_prompts)
     if two:
         two_out = cascade.sample(two, seed=ev.seed, batch_size=ev.batch_size, progress=progress)
-        write_images(os.path.join(samples, "two_object"), two, two_out.final, upscale_to=64)
+        write_images(storage.join(samples, "two_object"), two, two_out.final, upscale_to=64)
         result["two_object_accuracy"] = prompt_accuracy(two_out.images[0], two)
     seconds["sample"] = time.perf_counter() - start
 
@@ -154,7 +155,7 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
                                                        batch_size=ev.batch_size)
     seconds["eval"] = time.perf_counter() - start
     result["seconds"] = seconds
-    write_json(result, os.path.join(workdir, "eval.json"))
+    write_json(result, storage.join(workdir, "eval.json"))
 
     print("\n" + accuracy_table(result["base_accuracy"]).replace("prompt accuracy", "base stage (32 px) prompt accuracy"))
     print(f"final (64 px) prompt accuracy: {100 * result['final_accuracy']['correct']:.1f}%")

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import io
 import math
 import os
 
 import numpy as np
 from PIL import Image
+
+from imagen_jax import storage
 
 
 def to_uint8(images) -> np.ndarray:
@@ -36,10 +39,8 @@ def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2, upsc
     return grid
 
 
-def save_png(image: np.ndarray, path: str) -> str:
-    """Write uint8 [H, W, 3] to `path` atomically (temp file, then rename)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    Image.fromarray(np.asarray(image)).save(tmp, format="PNG")
-    os.replace(tmp, path)
-    return path
+def save_png(image: np.ndarray, path: str | os.PathLike) -> str:
+    """Write uint8 [H, W, 3] to `path` (local or gs://) whole and atomically (storage.write_bytes)."""
+    buffer = io.BytesIO()
+    Image.fromarray(np.asarray(image)).save(buffer, format="PNG")
+    return storage.write_bytes(path, buffer.getvalue())

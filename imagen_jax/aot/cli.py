@@ -15,6 +15,7 @@ import json
 import logging
 import os
 
+from imagen_jax import storage
 from imagen_jax.aot.tpu_slices import GIB
 
 
@@ -104,10 +105,7 @@ def run(args) -> int:
         return 2
     print(format_report(report, args.config))
     if args.output:
-        os.makedirs(os.path.dirname(os.path.abspath(args.output)), exist_ok=True)
         record = {"config": args.config, "overrides": list(args.config_overrides), **report.to_dict(),
                   "jax_version": jax.__version__, "config_values": to_dict(config)}
-        with open(args.output, "w") as f:
-            json.dump(record, f, indent=2, sort_keys=False)
-            f.write("\n")
+        storage.write_text(args.output, json.dumps(record, indent=2, sort_keys=False) + "\n")
     return 0 if report.fits else 1

@@ -117,7 +117,7 @@ def run_import(args: argparse.Namespace) -> int:
 
 @_reports_user_errors
 def run_info(args: argparse.Namespace) -> int:
-    from imagen_jax.data.sources import get_path, open_builder
+    from imagen_jax.data.sources import data_source, get_path, open_builder
     from imagen_jax.data.transforms import caption_text
 
     builder = open_builder(args.name, data_dir=args.data_dir, prepare_shapes=False)
@@ -125,7 +125,7 @@ def run_info(args: argparse.Namespace) -> int:
     for split, info in builder.info.splits.items():
         print(f"  split {split}: {info.num_examples} records")
     print(f"  features: {builder.info.features}")
-    source = builder.as_data_source(split=args.split)
+    source = data_source(builder, args.split)
     for index in range(min(args.count, len(source))):
         print(f"  [{index}] {caption_text(get_path(source[index], args.text_key))}")
     return 0

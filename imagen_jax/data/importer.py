@@ -8,7 +8,8 @@ images become RGB; transparency is composited over white; non-square images stay
 non-square (the pipeline crops). Optionally the shorter side is reduced to max_size.
 Images that need no change keep their original JPEG/PNG bytes; others are stored as PNG.
 
-Output: data_dir/<name>/1.0.0/<name>-<split>.array_record-*, readable by name with
+Output: data_dir/<name>/1.0.0/<name>-<split>.array_record-*, data_dir local or gs://
+(prepared in a local staging folder and uploaded, see sources.prepare_builder), readable by name with
 `tfds.data_source(name, data_dir=...)` or `imagen_jax.data.open_source`. Features:
 "image" (RGB, any size), "caption" (text), "file" (the path relative to the folder, or as written in the table).
 Records keep the input order (sorted paths for folders, row order for tables).
@@ -23,7 +24,6 @@ import json
 import logging
 import os
 import re
-import shutil
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -32,8 +32,9 @@ import tqdm
 from etils import epath
 from PIL import Image
 
+from imagen_jax import storage
 from imagen_jax.data import image_ops
-from imagen_jax.data.sources import resolve_data_dir
+from imagen_jax.data.sources import prepare_builder, resolve_data_dir
 from imagen_jax.data.worker_pool import ordered_map
 
 log = logging.getLogger(__name__)
@@ -249,6 +250,9 @@ def import_dataset(
     if not _NAME_PATTERN.match(name):
         raise ValueError(f"Bad dataset name {name!r}: use lower case letters, digits and '_', e.g. 'my_photos'.")
     report = ImportReport()
+    if storage.is_remote(storage.path(source)):
+        raise ValueError(f"{os.fspath(source)!r}: the images to import are read from a local folder or table; copy "
+                         "them here first (`gcloud storage cp -r SRC DIR`). The output --data_dir may be gs://.")
     if os.path.isdir(source):
         items = list_folder(source, report)
     elif os.path.isfile(source):
@@ -265,27 +269,28 @@ def import_dataset(
     if test_size:
         splits["test"] = [it for it, t in zip(items, is_test) if t]
 
-    def make_builder() -> ImportedImages:
+    def make_builder(directory: str) -> ImportedImages:
         return ImportedImages(
             name=name,
             splits=splits,
             report=report,
             max_size=max_size,
             num_workers=num_workers or os.cpu_count() or 1,
-            data_dir=resolve_data_dir(data_dir),
+            data_dir=directory,
             file_format="array_record",
         )
 
-    builder = make_builder()
+    data_dir = resolve_data_dir(data_dir)
+    storage.check_access(data_dir, write=True)
+    builder = make_builder(data_dir)
     if builder.is_prepared():
         if not overwrite:
             raise FileExistsError(
                 f"Dataset {name!r} already exists in {builder.data_dir}; pick another name or pass --overwrite."
             )
-        shutil.rmtree(builder.data_dir)
-        builder = make_builder()
+        storage.rmtree(builder.data_dir)
     try:
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
+        builder = prepare_builder(make_builder, data_dir)
     except AssertionError:  # TFDS refuses to write a split without examples
         empty = [split for split in splits if report.written.get(split, 0) == 0]
         if not empty:

@@ -44,7 +44,7 @@ from imagen_jax.data.shapes_scene import (
     SPLIT_IDS,
     sample_scene,
 )
-from imagen_jax.data.sources import resolve_data_dir
+from imagen_jax.data.sources import prepare_builder, resolve_data_dir
 from imagen_jax.data.worker_pool import ordered_map
 
 DATASET_NAME = "imagen_shapes"
@@ -240,11 +240,12 @@ def prepare_shapes(
     Output: data_dir/imagen_shapes/<config name>/1.0.0/*.array_record. `num_workers`
     defaults to the number of CPUs.
     """
-    builder = ImagenShapes(
-        config=shapes_config(resolution, seed=seed, num_train=num_train, num_test=num_test),
-        data_dir=resolve_data_dir(data_dir),
-        file_format="array_record",
-        num_workers=num_workers or os.cpu_count() or 1,
-    )
-    builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
-    return builder
+    config = shapes_config(resolution, seed=seed, num_train=num_train, num_test=num_test)
+
+    def make_builder(directory: str) -> ImagenShapes:
+        return ImagenShapes(config=config, data_dir=directory, file_format="array_record",
+                            num_workers=num_workers or os.cpu_count() or 1)
+
+    data_dir = resolve_data_dir(data_dir)
+    builder = make_builder(data_dir)
+    return builder if builder.is_prepared() else prepare_builder(make_builder, data_dir)

@@ -4,16 +4,24 @@
 sequence of record dicts (len + __getitem__), which is what Grain reads. Images stored
 as TFDS `Image` features are left encoded (bytes); the pipeline decodes them with PIL
 after choosing a JPEG draft size, which is much faster than decoding at full size.
+
+A data_dir may be local or gs:// (storage). TFDS reads a dataset's metadata there itself;
+its records are ArrayRecord files, which are read at storage.local_view (a gs:// dataset at
+its gcsfuse mount) and written in a local staging folder that is then uploaded
+(`prepare_builder`).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from imagen_jax import storage
 
 DATA_DIR_ENV = "IMAGEN_JAX_DATA_DIR"
 DEFAULT_DATA_DIR = "~/imagen_jax_data"
@@ -33,9 +41,35 @@ def default_data_dir() -> str:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
-    """`data_dir`, else $IMAGEN_JAX_DATA_DIR, else ~/imagen_jax_data (absolute, ~ expanded)."""
+    """`data_dir`, else $IMAGEN_JAX_DATA_DIR, else ~/imagen_jax_data: gs:// as given, a local
+    path absolute with ~ expanded (storage.path)."""
     chosen = data_dir or os.environ.get(DATA_DIR_ENV) or DEFAULT_DATA_DIR
-    return os.path.abspath(os.path.expanduser(os.fspath(chosen)))
+    return os.fspath(storage.path(chosen))
+
+
+def prepare_builder(make_builder: Callable[[str], tfds.core.DatasetBuilder], data_dir: str) -> tfds.core.DatasetBuilder:
+    """`make_builder(data_dir)` after TFDS's download_and_prepare. TFDS's ArrayRecord writer
+    writes local files only, so for a gs:// data_dir the dataset is prepared under a local
+    staging folder and uploaded, dataset_info.json (TFDS's mark of a prepared dataset) last."""
+    config = tfds.download.DownloadConfig()
+    if not storage.is_remote(data_dir):
+        builder = make_builder(data_dir)
+        builder.download_and_prepare(download_config=config)
+        return builder
+    with tempfile.TemporaryDirectory(prefix="imagen_jax_tfds_") as local:
+        staged = make_builder(local)
+        staged.download_and_prepare(download_config=config)
+        storage.upload_tree(local, data_dir, last=("dataset_info.json",))
+    return make_builder(data_dir)
+
+
+def data_source(builder: tfds.core.DatasetBuilder, split: str, decoders=None) -> Sequence[dict]:
+    """builder.as_data_source(split), its ArrayRecord files read at storage.local_view of the
+    builder's folder (for a dataset on gs://, its gcsfuse mount)."""
+    local = storage.local_view(builder.data_dir)
+    if local != os.fspath(builder.data_dir):
+        builder = tfds.builder_from_directory(local)
+    return builder.as_data_source(split=split, decoders=decoders)
 
 
 def get_path(tree: Any, key: str) -> Any:
@@ -53,12 +87,12 @@ def _shapes_builder(name: str, data_dir: str, prepare: bool, num_workers: int | 
     )
 
     config_name = name[len(DATASET_NAME) + 1 :] or "64px"
-    builder = ImagenShapes(
-        config=parse_shapes_config_name(config_name),
-        data_dir=data_dir,
-        file_format="array_record",
-        num_workers=num_workers or os.cpu_count() or 1,
-    )
+
+    def make_builder(directory: str) -> ImagenShapes:
+        return ImagenShapes(config=parse_shapes_config_name(config_name), data_dir=directory,
+                            file_format="array_record", num_workers=num_workers or os.cpu_count() or 1)
+
+    builder = make_builder(data_dir)
     if not builder.is_prepared():
         if not prepare:
             raise FileNotFoundError(
@@ -66,7 +100,7 @@ def _shapes_builder(name: str, data_dir: str, prepare: bool, num_workers: int | 
                 f"`imagen-jax data shapes --resolution {builder.builder_config.resolution} "
                 f"--data_dir {data_dir}` (or set data.prepare_shapes=True)."
             )
-        builder.download_and_prepare(download_config=tfds.download.DownloadConfig())
+        builder = prepare_builder(make_builder, data_dir)
     return builder
 
 
@@ -144,7 +178,7 @@ def open_source(
     split_names = [part.split("[")[0].strip() for part in split.split("+")]
     if any(part not in builder.info.splits for part in split_names):
         raise KeyError(f"Dataset {name!r} has no split {split!r}; it has {list(builder.info.splits)}. Set data.split.")
-    return builder.as_data_source(split=split, decoders=decoders)
+    return data_source(builder, split, decoders)
 
 
 class RecordsWithTextEmbeddings:

@@ -15,6 +15,8 @@ import json
 import os
 import sys
 
+from imagen_jax import storage
+
 _MODES = ("images", "manifest", "dataset_check", "sr_images")
 
 
@@ -42,13 +44,11 @@ def add_parser(subparsers) -> None:
 
 
 def _read_prompts(path: str) -> list[str]:
-    with open(path) as f:
-        return [line.strip() for line in f if line.strip()]
+    return [line.strip() for line in storage.read_text(path).splitlines() if line.strip()]
 
 
 def _read_manifest(path: str) -> tuple[list[str], list[str]]:
-    with open(path) as f:
-        manifest = json.load(f)
+    manifest = json.loads(storage.read_text(path))
     if isinstance(manifest, dict) and {"images", "prompts"} <= manifest.keys():
         paths, prompts = list(manifest["images"]), list(manifest["prompts"])
     elif isinstance(manifest, list) and all(isinstance(e, dict) and {"image", "prompt"} <= e.keys() for e in manifest):
@@ -58,8 +58,8 @@ def _read_manifest(path: str) -> tuple[list[str], list[str]]:
             f"Manifest {path!r} must be a JSON list of {{\"image\": path, \"prompt\": text}} objects "
             f"or an object {{\"images\": [...], \"prompts\": [...]}}."
         )
-    folder = os.path.dirname(os.path.abspath(path))
-    return [os.path.join(folder, p) for p in paths], prompts
+    folder = storage.path(path).parent
+    return [os.fspath(folder / p) for p in paths], prompts
 
 
 def _load_pairs(args) -> tuple[list, list[str]]:
@@ -90,14 +90,14 @@ def _load_sr(args):
 
     if not (args.high_res and args.low_res):
         raise ValueError("--sr-images needs --high-res DIR and --low-res DIR (same file names in all three).")
-    names = [os.path.basename(p) for p in list_images(args.sr_images)]
+    names = [storage.name(p) for p in list_images(args.sr_images)]
     folders = (args.sr_images, args.high_res, args.low_res)
-    missing = [os.path.join(d, n) for d in folders[1:] for n in names if not os.path.exists(os.path.join(d, n))]
+    missing = [storage.join(d, n) for d in folders[1:] for n in names if not storage.path(storage.join(d, n)).exists()]
     if missing:
         raise FileNotFoundError(
             f"{len(missing)} matching files missing, e.g. {missing[0]!r}; name them as in --sr-images."
         )
-    return [np.stack([read_image(os.path.join(d, n)) for n in names]) for d in folders]
+    return [np.stack([read_image(storage.join(d, n)) for n in names]) for d in folders]
 
 
 def run(args: argparse.Namespace) -> int:

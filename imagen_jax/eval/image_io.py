@@ -8,6 +8,8 @@ import re
 import numpy as np
 from PIL import Image
 
+from imagen_jax import storage
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
@@ -31,19 +33,21 @@ def _natural_key(name: str):
 
 
 def list_images(folder: str) -> list[str]:
-    """Image files in `folder` in natural order (img2 before img10)."""
-    if not os.path.isdir(folder):
+    """Image files in `folder` (local or gs://) in natural order (img2 before img10)."""
+    directory = storage.path(folder)
+    if not directory.is_dir():
         raise FileNotFoundError(f"Image folder {folder!r} does not exist; pass a folder of PNG images.")
-    names = sorted((n for n in os.listdir(folder) if n.lower().endswith(IMAGE_SUFFIXES)), key=_natural_key)
+    names = sorted((p.name for p in directory.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)),
+                   key=_natural_key)
     if not names:
         raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder!r}.")
-    return [os.path.join(folder, n) for n in names]
+    return [os.fspath(directory / n) for n in names]
 
 
 def read_image(path: str) -> np.ndarray:
     """uint8 [H, W, 3] RGB (alpha dropped, grayscale expanded)."""
     try:
-        with Image.open(path) as image:
+        with storage.path(path).open("rb") as f, Image.open(f) as image:
             return np.asarray(image.convert("RGB"))
     except OSError as error:
         raise ValueError(f"Cannot read image {path!r} ({error}); pass PNG or JPEG files.") from error

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import math
 
+from imagen_jax import storage
+
 _RATE_ORDER = (
     "correct", "color", "shape", "object", "one_object", "two_object", "first_object",
     "second_object", "background", "size", "position", "relation", "count",
@@ -46,6 +48,4 @@ def _finite(value):
 
 def write_json(result: dict, path: str) -> None:
     """Writes `result` as standard JSON (non-finite floats as strings)."""
-    with open(path, "w") as f:
-        json.dump(_finite(result), f, indent=2, allow_nan=False)
-        f.write("\n")
+    storage.write_text(path, json.dumps(_finite(result), indent=2, allow_nan=False) + "\n")

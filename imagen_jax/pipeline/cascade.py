@@ -3,7 +3,8 @@
     cascade = Cascade.from_workdirs(["runs/base", "runs/sr"])
     out = cascade.sample(["a red circle"], seed=0)      # out.images[-1]: uint8 [1, 64, 64, 3]
 
-A stage workdir is what `imagen-jax train` writes: config.json and checkpoints/<step>/.
+A stage workdir is what `imagen-jax train` writes: config.json and checkpoints/<step>/, local
+or gs://.
 Only the EMA params of the checkpoint are read (SPEC: samples use the EMA). Every stage
 samples with its `sampling` section (sampler, steps, threshold, guidance weight, SR aug
 level); `stage_settings` change them per stage.
@@ -14,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,6 +24,7 @@ import ml_collections
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from imagen_jax import storage
 from imagen_jax.images import to_uint8
 from imagen_jax.pipeline.stage_sampler import StageConfig, sample
 
@@ -33,14 +34,13 @@ class WorkdirError(ValueError):
 
 
 def read_stage_config(workdir: str) -> dict:
-    """The config.json a training run wrote in `workdir`."""
-    if not os.path.isdir(workdir):
-        raise WorkdirError(f"Stage workdir {workdir!r} does not exist; pass the --workdir of an `imagen-jax train` run.")
-    path = os.path.join(workdir, "config.json")
-    if not os.path.exists(path):
+    """The config.json a training run wrote in `workdir` (local or gs://)."""
+    path = storage.path(workdir) / "config.json"
+    if not path.exists():
+        if not path.parent.exists():
+            raise WorkdirError(f"Stage workdir {workdir!r} does not exist; pass the --workdir of an `imagen-jax train` run.")
         raise WorkdirError(f"{workdir!r} has no config.json: it is not an `imagen-jax train` workdir.")
-    with open(path) as f:
-        return json.load(f)
+    return json.loads(path.read_text())
 
 
 def load_ema_params(workdir: str, config: dict, step: int | None = None, sharding=None):
@@ -51,8 +51,8 @@ def load_ema_params(workdir: str, config: dict, step: int | None = None, shardin
 
     from imagen_jax.models import abstract_params, build_model
 
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    steps = ocp.utils.checkpoint_steps(directory) if os.path.isdir(directory) else []
+    directory = storage.path(workdir) / "checkpoints"
+    steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
     if not steps:
         raise WorkdirError(f"{workdir!r} has no checkpoint yet; train the stage first (imagen-jax train --workdir {workdir}).")
     if step is None:
@@ -64,7 +64,7 @@ def load_ema_params(workdir: str, config: dict, step: int | None = None, shardin
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
     with ocp.PyTreeCheckpointer() as checkpointer:
         restored = checkpointer.restore(
-            os.path.join(directory, str(step), "state"),
+            directory / str(step) / "state",
             args=ocp.args.PyTreeRestore(
                 {"ema_params": target},
                 restore_args={"ema_params": ocp.checkpoint_utils.construct_restore_args(target)},
@@ -149,7 +149,7 @@ class Cascade:
         for workdir, config, changes, step in zip(workdirs, configs, stage_settings, steps):
             stages.append(StageConfig.from_config(config, **changes))
             params.append(load_ema_params(workdir, config, step, replicated(local_mesh(devices)))[0])
-            names.append(os.path.basename(os.path.normpath(workdir)))
+            names.append(storage.name(workdir))
         if text_encoder is None:
             text_encoder = load_text_encoder(encoders.pop(), max_length=max(lengths))
         dims = {c["model"]["text_dim"] for c in configs}

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
 import sys
+
+from imagen_jax import storage
 
 _STAGE_FIELDS = {"guidance_weight": float, "aug_level": float, "image_size": int}
 # SamplerConfig fields a user may change per stage.
@@ -31,10 +32,10 @@ def add_parser(subparsers) -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--workdir", action="append", required=True,
-                        help="a stage's training workdir; repeat per stage, base first")
+                        help="a stage's training workdir (local or gs://); repeat per stage, base first")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", help="text file, one prompt per line")
-    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument("--out", required=True, help="output folder (local or gs://)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per sampler call (default 16)")
     parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
@@ -80,10 +81,9 @@ def _stage_changes(cascade, settings: list[dict]) -> list[dict]:
 def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
     prompts = [p.strip() for p in prompts]
     if prompts_file:
-        if not os.path.exists(prompts_file):
+        if not storage.path(prompts_file).exists():
             raise FileNotFoundError(f"--prompts-file {prompts_file!r} does not exist.")
-        with open(prompts_file, encoding="utf-8") as f:
-            prompts += [line.strip() for line in f if line.strip()]
+        prompts += [line.strip() for line in storage.read_text(prompts_file).splitlines() if line.strip()]
     if not prompts or not all(prompts):
         raise ValueError("Give at least one non-empty prompt with --prompt TEXT or --prompts-file FILE.")
     return prompts
@@ -95,6 +95,9 @@ def run(args) -> int:
 
     try:
         prompts = read_prompts(args.prompt, args.prompts_file)
+        for workdir in args.workdir:
+            storage.check_access(workdir, write=False)
+        storage.check_access(args.out, write=True)
         settings = parse_settings(args.set, len(args.workdir))
         cascade = Cascade.from_workdirs(args.workdir)
         changes = _stage_changes(cascade, settings)
@@ -105,10 +108,10 @@ def run(args) -> int:
                   + (f", aug_level={stage.aug_level:g}" if stage.is_super_resolution else ""), file=sys.stderr)
         output = cascade.sample(prompts, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
                                 stage_settings=changes)
-    except (WorkdirError, FileNotFoundError, ValueError) as error:
+    except (WorkdirError, FileNotFoundError, ValueError) as error:  # StorageError is a ValueError
         raise SystemExit(f"imagen-jax sample: {error}") from None
     for i, images in enumerate(output.images[:-1]):
-        write_images(os.path.join(args.out, "stages", f"{i}_{cascade.names[i]}"), prompts, images, upscale_to=64)
+        write_images(storage.join(args.out, "stages", f"{i}_{cascade.names[i]}"), prompts, images, upscale_to=64)
     write_images(args.out, prompts, output.final, upscale_to=64)
     print(f"wrote {len(prompts)} images of {output.final.shape[1]} px to {args.out} (grid.png, manifest.json)")
     return 0

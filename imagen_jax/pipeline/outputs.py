@@ -4,13 +4,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
 
+from imagen_jax import storage
 from imagen_jax.images import make_grid, save_png
 
 MAX_SLUG_LENGTH = 60
@@ -39,14 +39,10 @@ def write_images(out_dir: str, prompts: Sequence[str], images: np.ndarray, *, gr
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(prompts):
         raise ValueError(f"write_images needs uint8 [N, H, W, 3] for N = {len(prompts)} prompts, got "
                          f"{images.dtype} {images.shape}.")
-    os.makedirs(out_dir, exist_ok=True)
     entries = []
     for name, prompt, image in zip(image_file_names(prompts), prompts, images):
-        save_png(image, os.path.join(out_dir, name))
+        save_png(image, storage.join(out_dir, name))
         entries.append({"image": name, "prompt": prompt})
-    save_png(make_grid(images, upscale_to=upscale_to), os.path.join(out_dir, grid_name))
-    tmp = os.path.join(out_dir, f"manifest.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(entries, f, indent=1)
-    os.replace(tmp, os.path.join(out_dir, "manifest.json"))
+    save_png(make_grid(images, upscale_to=upscale_to), storage.join(out_dir, grid_name))
+    storage.write_text(storage.join(out_dir, "manifest.json"), json.dumps(entries, indent=1))
     return {"images": entries, "grid": grid_name}

@@ -56,6 +56,8 @@ def caption_records(builder, split: str, caption_key: str):
     """Random-access records of one split with only `caption_key` decoded."""
     import tensorflow_datasets as tfds
 
+    from imagen_jax.data.sources import data_source
+
     features = builder.info.features
     if caption_key not in features:
         raise SystemExit(f"The dataset has no feature {caption_key!r} (it has {sorted(features)}); pass --caption_key.")
@@ -66,7 +68,7 @@ def caption_records(builder, split: str, caption_key: str):
         for name, feature in features.items()
         if name != caption_key and isinstance(feature, tfds.features.Image)
     }
-    return builder.as_data_source(split=split, decoders=skip)
+    return data_source(builder, split, skip)
 
 
 def run(args) -> int:

@@ -9,21 +9,23 @@ Layout of a cache directory:
 
 Record i holds only the unmasked tokens of caption i: the raw little-endian bytes of an
 array [n_i, dim] in `dtype` (float16 or bfloat16), n_i = number of unmasked tokens.
-The cache is written to a temporary sibling directory and renamed into place at the end,
-so an interrupted run never leaves a directory that looks complete.
+The cache directory may be local or gs://. It is written in a local staging folder
+(ArrayRecord writes local files) that replaces the directory at the end, metadata.json
+last (storage.staged_dir), so an interrupted run never leaves a directory that looks
+complete. It is read through storage.local_view (a gcsfuse mount for gs://).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import ml_dtypes
 import numpy as np
+
+from imagen_jax import storage
 
 CACHE_FORMAT = "imagen_jax.text_embeddings"
 CACHE_VERSION = 1
@@ -37,7 +39,7 @@ def embedding_cache_dir(dataset_dir: str, encoder_name: str, split: str) -> str:
 
     `dataset_dir` is the prepared TFDS dataset's version directory (the one holding dataset_info.json).
     """
-    return os.path.join(dataset_dir, "text_embeddings", encoder_name, split)
+    return storage.join(dataset_dir, "text_embeddings", encoder_name, split)
 
 
 def _caption(record: Any, caption_key: str, index: int) -> str:
@@ -100,8 +102,8 @@ def write_embedding_cache(
         raise ValueError(f"dtype={dtype!r} is not a cache dtype; use one of {sorted(CACHE_DTYPES)}.")
     if batch_size <= 0 or records_per_file <= 0:
         raise ValueError(f"batch_size ({batch_size}) and records_per_file ({records_per_file}) must be positive.")
-    out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not overwrite:
+    out_dir = os.fspath(storage.path(out_dir))
+    if storage.path(out_dir).exists() and not overwrite:
         raise FileExistsError(
             f"An embedding cache already exists at {out_dir}; pass overwrite=True (--overwrite) to replace it."
         )
@@ -112,33 +114,32 @@ def write_embedding_cache(
     num_files = -(-count // records_per_file)
     files = [f"text_embeddings-{i:05d}-of-{num_files:05d}.array_record" for i in range(num_files)]
 
-    os.makedirs(os.path.dirname(out_dir), exist_ok=True)
-    tmp_dir = f"{out_dir}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(tmp_dir)
     writer, written = None, 0
-    try:
-        with tqdm(total=count, unit="caption", desc=f"embed ({encoder.name})", disable=not progress) as bar:
-            for embeddings, mask, n_real in _encoded_batches(records, encoder, caption_key, batch_size):
-                for row in range(n_real):
-                    if written % records_per_file == 0:
-                        if writer is not None:
-                            writer.close()
-                        path = os.path.join(tmp_dir, files[written // records_per_file])
-                        writer = ArrayRecordWriter(path, "group_size:1")
-                    n = int(mask[row].sum())
-                    if not mask[row, :n].all():
-                        raise ValueError("The text encoder's mask is not right-padded; the cache stores prefixes.")
-                    tokens = embeddings[row, :n].astype(np_dtype)
-                    if not np.isfinite(tokens.astype(np.float32)).all():
-                        raise FloatingPointError(
-                            f"Caption {written}'s embedding is not finite in {dtype} (values up to "
-                            f"{np.abs(embeddings[row, :n]).max():.3g}); use dtype='bfloat16'."
-                        )
-                    writer.write(np.ascontiguousarray(tokens).tobytes())
-                    written += 1
-                bar.update(n_real)
-        writer.close()
-        writer = None
+    with storage.staged_dir(out_dir, last=(METADATA_FILE,)) as tmp_dir:
+        try:
+            with tqdm(total=count, unit="caption", desc=f"embed ({encoder.name})", disable=not progress) as bar:
+                for embeddings, mask, n_real in _encoded_batches(records, encoder, caption_key, batch_size):
+                    for row in range(n_real):
+                        if written % records_per_file == 0:
+                            if writer is not None:
+                                writer.close()
+                            path = os.path.join(tmp_dir, files[written // records_per_file])
+                            writer = ArrayRecordWriter(path, "group_size:1")
+                        n = int(mask[row].sum())
+                        if not mask[row, :n].all():
+                            raise ValueError("The text encoder's mask is not right-padded; the cache stores prefixes.")
+                        tokens = embeddings[row, :n].astype(np_dtype)
+                        if not np.isfinite(tokens.astype(np.float32)).all():
+                            raise FloatingPointError(
+                                f"Caption {written}'s embedding is not finite in {dtype} (values up to "
+                                f"{np.abs(embeddings[row, :n]).max():.3g}); use dtype='bfloat16'."
+                            )
+                        writer.write(np.ascontiguousarray(tokens).tobytes())
+                        written += 1
+                    bar.update(n_real)
+        finally:
+            if writer is not None:
+                writer.close()
         metadata = {
             "format": CACHE_FORMAT,
             "version": CACHE_VERSION,
@@ -151,35 +152,17 @@ def write_embedding_cache(
         }
         with open(os.path.join(tmp_dir, METADATA_FILE), "w") as f:
             json.dump(metadata, f, indent=2)
-        _replace_dir(tmp_dir, out_dir)
-    except BaseException:
-        if writer is not None:
-            writer.close()
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
     return metadata
 
 
-def _replace_dir(new_dir: str, out_dir: str) -> None:
-    """Moves new_dir to out_dir; an existing out_dir is renamed away first and deleted after."""
-    old_dir = None
-    if os.path.exists(out_dir):
-        old_dir = f"{out_dir}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(out_dir, old_dir)
-    os.rename(new_dir, out_dir)
-    if old_dir is not None:
-        shutil.rmtree(old_dir, ignore_errors=True)
-
-
 def read_cache_metadata(cache_dir: str) -> dict[str, Any]:
-    path = os.path.join(cache_dir, METADATA_FILE)
-    if not os.path.isfile(path):
+    path = storage.path(cache_dir) / METADATA_FILE
+    if not path.exists():
         raise FileNotFoundError(
             f"No text-embedding cache at {cache_dir} (no {METADATA_FILE}). Write it with `imagen-jax embed` "
             "(or write_embedding_cache)."
         )
-    with open(path) as f:
-        metadata = json.load(f)
+    metadata = json.loads(path.read_text())
     if metadata.get("format") != CACHE_FORMAT or metadata.get("version") != CACHE_VERSION:
         raise ValueError(
             f"{path} is not a version-{CACHE_VERSION} {CACHE_FORMAT} cache; "
@@ -193,15 +176,17 @@ class EmbeddingCacheSource:
 
     len(src) == number of records; src[i] == {"text_embedding": [n_i, dim] float16 or bfloat16}
     in the order of the records it was written from. Picklable (for grain worker processes).
+    A gs:// cache is read through its gcsfuse mount (storage.local_view).
     """
 
     def __init__(self, cache_dir: str):
         from array_record.python.array_record_data_source import ArrayRecordDataSource
 
-        self.cache_dir = os.path.abspath(cache_dir)
+        self.cache_dir = os.fspath(storage.path(cache_dir))
         self.metadata = read_cache_metadata(self.cache_dir)
         self._dtype = CACHE_DTYPES[self.metadata["dtype"]]
-        self._records = ArrayRecordDataSource([os.path.join(self.cache_dir, f) for f in self.metadata["files"]])
+        local = storage.local_view(self.cache_dir)
+        self._records = ArrayRecordDataSource([os.path.join(local, f) for f in self.metadata["files"]])
         if len(self._records) != self.metadata["count"]:
             raise ValueError(
                 f"{self.cache_dir} holds {len(self._records)} records but its metadata says {self.metadata['count']}; "

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from imagen_jax import storage
 from imagen_jax.text.builtin import BUILTIN_ENCODERS, WORDS
 from imagen_jax.text.config import T5EncoderConfig
 from imagen_jax.text.hf_checkpoint import load_hf_checkpoint
@@ -126,8 +127,8 @@ def load_text_encoder(
     param_dtype: Any = np.float32,
     **encoder_kwargs,
 ) -> TextEncoder:
-    """A TextEncoder from a built-in name (see BUILTIN_ENCODERS), a local Hugging Face
-    checkpoint directory, or a Hugging Face hub id (downloaded when the network allows)."""
+    """A TextEncoder from a built-in name (see BUILTIN_ENCODERS), a Hugging Face
+    checkpoint directory (local or gs://), or a Hugging Face hub id (downloaded when the network allows)."""
     if name_or_path in BUILTIN_ENCODERS:
         recipe = BUILTIN_ENCODERS[name_or_path]
         params = jax.tree.map(np.asarray, init_params(recipe.config, recipe.seed, param_dtype))
@@ -137,12 +138,10 @@ def load_text_encoder(
         kwargs = dict(max_length=max_length, dtype=dtype, **encoder_kwargs)
         tokenizer = word_tokenizer(WORDS) if recipe.tokenizer == "words" else byt5_tokenizer()
         return TextEncoder(name_or_path, recipe.config, params, tokenizer, **kwargs)
-    checkpoint_dir = name_or_path if os.path.isdir(name_or_path) else download_checkpoint(name_or_path)
+    is_dir = storage.is_remote(name_or_path) or os.path.isdir(name_or_path)
+    checkpoint_dir = name_or_path if is_dir else download_checkpoint(name_or_path)
     config, params = load_hf_checkpoint(checkpoint_dir, param_dtype)
-    if os.path.isdir(name_or_path):
-        name = os.path.basename(os.path.normpath(name_or_path))
-    else:
-        name = name_or_path.replace("/", "--")
+    name = storage.name(name_or_path) if is_dir else name_or_path.replace("/", "--")
     tokenizer = load_tokenizer(checkpoint_dir)
     return TextEncoder(name, config, params, tokenizer, max_length=max_length, dtype=dtype, **encoder_kwargs)
 

@@ -5,19 +5,22 @@ a sharded model.safetensors.index.json, or (only when torch is installed)
 pytorch_model.bin / its sharded index, read with torch.load(weights_only=True).
 Full encoder-decoder checkpoints (T5ForConditionalGeneration, Flan-T5) work too: their
 decoder.* and lm_head.* weights are skipped. Any other missing or unexpected weight is
-an error that lists them.
+an error that lists them. The directory may be local or gs:// (storage): safetensors files
+are read tensor by tensor with ranged reads (decoder tensors are never read).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import re
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import ml_dtypes
 import numpy as np
 
+from imagen_jax import storage
 from imagen_jax.text.config import T5EncoderConfig
 from imagen_jax.text.t5 import param_shapes
 
@@ -28,6 +31,12 @@ TORCH_BIN_INDEX = "pytorch_model.bin.index.json"
 
 # Weights of the decoder half of encoder-decoder checkpoints; never needed by the encoder.
 _DECODER_PREFIXES = ("decoder.", "lm_head.")
+
+# safetensors dtype names (its format spec) -> numpy dtypes.
+_SAFETENSORS_DTYPES = {
+    "F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": ml_dtypes.bfloat16,
+    "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
+}  # fmt: skip
 
 # How one HF tensor becomes one of our parameters: (our path, transform of the HF array).
 _Rule = tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]]
@@ -68,14 +77,13 @@ def hf_to_params_rules(config: T5EncoderConfig) -> dict[str, _Rule]:
 
 def read_hf_config(checkpoint_dir: str) -> T5EncoderConfig:
     """T5EncoderConfig from `checkpoint_dir`/config.json."""
-    path = os.path.join(checkpoint_dir, "config.json")
-    if not os.path.isfile(path):
+    path = storage.path(checkpoint_dir) / "config.json"
+    if not path.exists():
         raise FileNotFoundError(
             f"No config.json in {checkpoint_dir!r}. Pass a Hugging Face T5 checkpoint directory "
             "(config.json plus model.safetensors), e.g. one written by `save_pretrained`."
         )
-    with open(path) as f:
-        return T5EncoderConfig.from_hf_dict(json.load(f))
+    return T5EncoderConfig.from_hf_dict(json.loads(path.read_text()))
 
 
 def _weight_files(checkpoint_dir: str) -> tuple[list[str], str]:
@@ -84,13 +92,12 @@ def _weight_files(checkpoint_dir: str) -> tuple[list[str], str]:
         (SAFETENSORS_INDEX, SAFETENSORS, "safetensors"),
         (TORCH_BIN_INDEX, TORCH_BIN, "torch"),
     ):
-        index_path = os.path.join(checkpoint_dir, index_name)
-        if os.path.isfile(index_path):
-            with open(index_path) as f:
-                shards = sorted(set(json.load(f)["weight_map"].values()))
-            return [os.path.join(checkpoint_dir, s) for s in shards], fmt
-        if os.path.isfile(os.path.join(checkpoint_dir, single_name)):
-            return [os.path.join(checkpoint_dir, single_name)], fmt
+        index_path = storage.path(checkpoint_dir) / index_name
+        if index_path.exists():
+            shards = sorted(set(json.loads(index_path.read_text())["weight_map"].values()))
+            return [storage.join(checkpoint_dir, s) for s in shards], fmt
+        if (storage.path(checkpoint_dir) / single_name).exists():
+            return [storage.join(checkpoint_dir, single_name)], fmt
     raise FileNotFoundError(
         f"No weights in {checkpoint_dir!r}: expected {SAFETENSORS}, {SAFETENSORS_INDEX}, {TORCH_BIN} or "
         f"{TORCH_BIN_INDEX}. Save the model with `save_pretrained(dir)` (safetensors is the default)."
@@ -98,11 +105,26 @@ def _weight_files(checkpoint_dir: str) -> tuple[list[str], str]:
 
 
 def _iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    from safetensors import safe_open
-
-    with safe_open(path, framework="np") as f:
-        for name in f.keys():
-            yield name, f.get_tensor(name)
+    """The tensors of a .safetensors file (local or gs://) in file order, each read by itself
+    (the format: u64 little-endian header size N, an N-byte JSON header of
+    {name: {dtype, shape, data_offsets: [begin, end]}}, then the data); decoder tensors
+    are skipped without being read."""
+    with storage.path(path).open("rb") as f:
+        (size,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(size))
+        header.pop("__metadata__", None)
+        start = 8 + size
+        for name, entry in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if name.startswith(_DECODER_PREFIXES):
+                continue
+            if entry["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"{path}: tensor {name} has dtype {entry['dtype']}, which the T5 loader does not read.")
+            begin, end = entry["data_offsets"]
+            f.seek(start + begin)
+            data = f.read(end - begin)
+            if len(data) != end - begin:
+                raise ValueError(f"{path} is truncated (tensor {name}); download it again.")
+            yield name, np.frombuffer(data, _SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
 
 
 def _iter_torch_bin(path: str) -> Iterator[tuple[str, np.ndarray]]:
@@ -113,7 +135,8 @@ def _iter_torch_bin(path: str) -> Iterator[tuple[str, np.ndarray]]:
             f"{path} is a PyTorch checkpoint, which needs torch to read. Install torch, or convert the "
             "checkpoint to safetensors (`model.save_pretrained(dir)` writes model.safetensors)."
         ) from e
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    with storage.path(path).open("rb") as f:
+        state = torch.load(f, map_location="cpu", weights_only=True)
     for name, tensor in state.items():
         yield name, tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
 
@@ -123,7 +146,7 @@ def iter_hf_tensors(checkpoint_dir: str) -> Iterator[tuple[str, np.ndarray]]:
     files, fmt = _weight_files(checkpoint_dir)
     read = _iter_safetensors if fmt == "safetensors" else _iter_torch_bin
     for path in files:
-        if not os.path.isfile(path):
+        if not storage.path(path).exists():
             raise FileNotFoundError(f"Checkpoint shard {path} listed in the index is missing; download it again.")
         yield from read(path)
 
@@ -179,7 +202,7 @@ def params_from_hf_tensors(
 
 
 def load_hf_checkpoint(checkpoint_dir: str, param_dtype: Any = np.float32) -> tuple[T5EncoderConfig, dict[str, Any]]:
-    """(config, params) of the T5 encoder in a local Hugging Face checkpoint directory."""
+    """(config, params) of the T5 encoder in a Hugging Face checkpoint directory (local or gs://)."""
     config = read_hf_config(checkpoint_dir)
     return config, params_from_hf_tensors(iter_hf_tensors(checkpoint_dir), config, param_dtype)
 
@@ -210,12 +233,11 @@ def hf_state_dict(params: dict[str, Any], config: T5EncoderConfig) -> dict[str, 
 
 def save_hf_checkpoint(checkpoint_dir: str, params: dict[str, Any], config: T5EncoderConfig) -> None:
     """Writes config.json + model.safetensors that Hugging Face's T5EncoderModel and our loader read."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
 
-    os.makedirs(checkpoint_dir, exist_ok=True)
-    with open(os.path.join(checkpoint_dir, "config.json"), "w") as f:
-        json.dump(config.to_hf_dict(), f, indent=2)
-    save_file(hf_state_dict(params, config), os.path.join(checkpoint_dir, SAFETENSORS), metadata={"format": "pt"})
+    storage.write_text(storage.join(checkpoint_dir, "config.json"), json.dumps(config.to_hf_dict(), indent=2))
+    storage.write_bytes(storage.join(checkpoint_dir, SAFETENSORS),
+                        save(hf_state_dict(params, config), metadata={"format": "pt"}))
 
 
 def _natural_key(name: str):

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from collections.abc import Sequence
 
 import numpy as np
 
+from imagen_jax import storage
+
 # Files of which at least one marks a directory as holding a saved Hugging Face tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
+# Read with them when present (the model type, special tokens).
+TOKENIZER_SIDE_FILES = ("config.json", "special_tokens_map.json", "added_tokens.json")
 
 
 def byt5_tokenizer():
@@ -46,15 +51,24 @@ def word_tokenizer(words: Sequence[str]):
 
 
 def load_tokenizer(checkpoint_dir: str):
-    """The tokenizer saved beside a checkpoint, through transformers' AutoTokenizer."""
-    if not any(os.path.isfile(os.path.join(checkpoint_dir, name)) for name in TOKENIZER_FILES):
+    """The tokenizer saved beside a checkpoint (local or gs://), through transformers'
+    AutoTokenizer, which reads local files: for gs:// the tokenizer's files (and config.json)
+    are copied to a temporary folder first (a few MB)."""
+    directory = storage.path(checkpoint_dir)
+    if not any((directory / name).exists() for name in TOKENIZER_FILES):
         raise FileNotFoundError(
             f"No tokenizer in {checkpoint_dir!r} (looked for {', '.join(TOKENIZER_FILES)}). Save it beside the "
             "weights with `AutoTokenizer.from_pretrained(<original>).save_pretrained(dir)`."
         )
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(checkpoint_dir)
+    if not storage.is_remote(directory):
+        return AutoTokenizer.from_pretrained(os.fspath(directory))
+    with tempfile.TemporaryDirectory(prefix="imagen_jax_tokenizer_") as local:
+        for name in (*TOKENIZER_FILES, *TOKENIZER_SIDE_FILES):
+            if (directory / name).exists():
+                storage.write_bytes(os.path.join(local, name), (directory / name).read_bytes())
+        return AutoTokenizer.from_pretrained(local)
 
 
 def tokenize(tokenizer, prompts: Sequence[str], max_length: int) -> tuple[np.ndarray, np.ndarray]:

@@ -1,20 +1,22 @@
 """Checkpoints with orbax's CheckpointManager: the train state, the data iterator and the
 config, saved together per step; async; last K kept; restored onto the current mesh.
 
-Layout: <workdir>/checkpoints/<step>/{state, data, config}. `state` is the whole
+Layout: <workdir>/checkpoints/<step>/{state, data, config}, local or gs:// (orbax and
+tensorstore write Cloud Storage themselves). `state` is the whole
 TrainState (params, optimizer state, EMA, step, counters); `data` the Grain iterator's
 state (one JSON per process); `config` the run's config as JSON. Orbax writes each step
 to a temporary directory and renames it when complete, so a crash mid-save never leaves
-a checkpoint that looks whole.
+a checkpoint that looks whole (on gs://, where there is no rename, a step counts only once
+its commit_success.txt is written).
 """
 
 from __future__ import annotations
 
-import os
-
 import grain
 import jax
 import orbax.checkpoint as ocp
+
+from imagen_jax import storage
 
 
 def abstract_like(state_shapes, shardings):
@@ -28,7 +30,7 @@ class Checkpoints:
     """A thin, typed front to ocp.CheckpointManager for this project's three items."""
 
     def __init__(self, directory: str, *, max_to_keep: int = 3, save_every: int = 1000, async_save: bool = True):
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.path(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             # Exactly every `save_every` steps (orbax's default would also save the first step).

@@ -25,6 +25,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from imagen_jax import config as config_lib
+from imagen_jax import storage
 from imagen_jax.images import make_grid, save_png, to_uint8
 from imagen_jax.models import build_model, dummy_inputs
 from imagen_jax.parallel import (
@@ -61,11 +62,10 @@ class TrainingDivergedError(RuntimeError):
 def check_workdir_config(config, workdir: str, override: bool) -> None:
     """Refuse a workdir whose saved config.json differs from `config` unless `override`;
     write config.json (process 0) for a new run or an accepted override."""
-    path = os.path.join(workdir, "config.json")
+    path = storage.path(workdir) / "config.json"
     given = config_lib.to_dict(config)
-    if os.path.exists(path):
-        with open(path) as f:
-            saved = json.load(f)
+    if path.exists():
+        saved = json.loads(path.read_text())
         diff = config_lib.config_diff(saved, given)
         if diff and not override:
             raise ConfigMismatchError(
@@ -76,11 +76,24 @@ def check_workdir_config(config, workdir: str, override: bool) -> None:
         if not diff:
             return
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(given, f, indent=2, sort_keys=True)
-        os.replace(tmp, path)
+        storage.write_text(path, json.dumps(given, indent=2, sort_keys=True))
+
+
+def check_storage(config, workdir: str) -> None:
+    """Every path the run will touch, checked at start-up before any compile (storage.StorageError
+    names the path and the fix): the workdir is writable; the dataset's folder, a given
+    embedding cache and `init_from` are readable; datasets on gs:// have their mount."""
+    from imagen_jax.data.sources import resolve_data_dir
+
+    storage.check_access(workdir, write=True)
+    data_dir = resolve_data_dir(config.data.data_dir or None)
+    storage.check_access(data_dir, write=jax.process_index() == 0)  # process 0 may write a cache there
+    storage.local_view(data_dir)
+    if config.data.text_embedding_dir:
+        storage.check_access(config.data.text_embedding_dir, write=False)
+        storage.local_view(config.data.text_embedding_dir)
+    if config.train.get("init_from"):
+        storage.check_access(config.train.init_from, write=False)
 
 
 def text_embedding_cache(config, encoder) -> str:
@@ -98,7 +111,7 @@ def text_embedding_cache(config, encoder) -> str:
         return data.text_embedding_dir
     builder = open_builder(data.name, data_dir=data.data_dir or None, prepare_shapes=data.prepare_shapes)
     cache_dir = embedding_cache_dir(str(builder.data_dir), encoder.name, data.split)
-    if jax.process_index() == 0 and not os.path.exists(os.path.join(cache_dir, "metadata.json")):
+    if jax.process_index() == 0 and not (storage.path(cache_dir) / "metadata.json").exists():
         log.info("encoding the captions of %s/%s once into %s", data.name, data.split, cache_dir)
         write_embedding_cache(caption_records(builder, data.split, data.text_key), encoder, cache_dir,
                               caption_key=data.text_key, dtype=config.text.get("cache_dtype", "float16"))
@@ -159,7 +172,10 @@ class Preemption:
 
 
 class MetricsWriter:
-    """metrics.jsonl and TensorBoard scalars/images, on process 0 only."""
+    """metrics.jsonl and TensorBoard scalars/images, on process 0 only, local or gs://
+    (there, metrics.jsonl is uploaded at most every METRICS_UPLOAD_SECONDS and at close)."""
+
+    METRICS_UPLOAD_SECONDS = 30.0
 
     def __init__(self, workdir: str):
         self.enabled = jax.process_index() == 0
@@ -167,13 +183,15 @@ class MetricsWriter:
             return
         from tensorboardX import SummaryWriter
 
-        self.jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-        self.tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        storage.register_tensorboard_writer()
+        self.jsonl = storage.AppendFile(storage.join(workdir, "metrics.jsonl"),
+                                        upload_every=self.METRICS_UPLOAD_SECONDS)
+        self.tb = SummaryWriter(storage.join(workdir, "tensorboard"))
 
     def scalars(self, step: int, values: dict) -> None:
         if not self.enabled:
             return
-        self.jsonl.write(json.dumps({"step": step, **values}) + "\n")
+        self.jsonl.write((json.dumps({"step": step, **values}) + "\n").encode())
         self.jsonl.flush()
         for name, value in values.items():
             self.tb.add_scalar(f"train/{name}", value, step)
@@ -236,7 +254,7 @@ def write_sample_grid(config, model, params, preview, step: int, workdir: str, w
     grid = make_grid(cells, columns=columns, upscale_to=96)
     if jax.process_index() != 0:
         return None
-    path = save_png(grid, os.path.join(workdir, "samples", f"step_{step:07d}.png"))
+    path = save_png(grid, storage.join(workdir, "samples", f"step_{step:07d}.png"))
     writer.image(step, "samples", grid)
     return path
 
@@ -322,7 +340,8 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
     from imagen_jax.text.encoder import load_text_encoder
 
     initialize()
-    workdir = os.path.abspath(workdir)
+    workdir = os.fspath(storage.path(workdir))
+    check_storage(config, workdir)
     check_workdir_config(config, workdir, override)
 
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
@@ -353,7 +372,7 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
                                   text_embeddings=_cache_source(config, encoder))
     iterator = iter(dataset)
     ckpt_cfg = config.checkpoint
-    checkpoints = Checkpoints(os.path.join(workdir, "checkpoints"), max_to_keep=ckpt_cfg.keep,
+    checkpoints = Checkpoints(storage.join(workdir, "checkpoints"), max_to_keep=ckpt_cfg.keep,
                               save_every=ckpt_cfg.every, async_save=ckpt_cfg.get("async_save", True))
     start = checkpoints.latest_step() or 0
     if start:

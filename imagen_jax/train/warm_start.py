@@ -15,6 +15,7 @@ import os
 import jax
 import orbax.checkpoint as ocp
 
+from imagen_jax import storage
 from imagen_jax.train.checkpoints import abstract_like
 
 _ITEMS = ("params", "ema_params")
@@ -22,16 +23,16 @@ log = logging.getLogger("imagen_jax.train")
 
 
 def _source_state_path(source: str) -> tuple[str, int]:
-    directory = os.path.join(os.path.abspath(source), "checkpoints")
+    directory = storage.path(source) / "checkpoints"
     step = None
-    if os.path.isdir(directory):
+    if directory.exists():
         manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True))
         step = manager.latest_step()
         manager.close()
     if step is None:
         raise FileNotFoundError(f"train.init_from={source!r} has no checkpoint under {directory}; point it at "
                                 "the workdir of a trained stage (or set train.init_from='' to start from scratch)")
-    return os.path.join(directory, str(step), "state"), step
+    return os.fspath(directory / str(step) / "state"), step
 
 
 def _shapes(tree) -> dict[str, tuple]:
