@@ -4,6 +4,7 @@ registers itself here with `add_parser(subparsers)` and a `run(args)` function."
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 from imagen_jax import __version__
@@ -19,6 +20,15 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.aot.cli", "compile-check"),
     ("imagen_jax.demo", "demo"),
 ]
+
+
+def log_to_stderr(level: int, fmt: str = "%(asctime)s %(name)s: %(message)s") -> None:
+    """Show the package's log records at `level` and above on stderr. basicConfig alone is not
+    enough: importing orbax already gives the root logger a handler (absl calls basicConfig),
+    which makes a later basicConfig a no-op and leaves every logger at WARNING. Records still
+    propagate to the root's handler (so pytest's caplog sees them); other libraries stay at WARNING."""
+    logging.basicConfig(format=fmt)
+    logging.getLogger("imagen_jax").setLevel(level)
 
 
 def build_parser() -> argparse.ArgumentParser:

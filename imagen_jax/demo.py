@@ -27,6 +27,7 @@ import jax
 import numpy as np
 
 from imagen_jax import storage
+from imagen_jax.cli import log_to_stderr
 from imagen_jax.images import make_grid, save_png, to_uint8
 
 DEFAULT_CONFIG = "configs/demo.py"
@@ -179,7 +180,7 @@ def run(args) -> int:
     from imagen_jax.pipeline import WorkdirError
     from imagen_jax.train.loop import ConfigMismatchError, TrainingDivergedError
 
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s: %(message)s")
+    log_to_stderr(logging.WARNING)
     if not os.path.exists(args.config.split(":")[0]):
         raise SystemExit(f"imagen-jax demo: no config {args.config!r}; run it from the repository root "
                          f"or pass --config path/to/configs/demo.py.")

@@ -17,6 +17,7 @@ import os
 
 from imagen_jax import storage
 from imagen_jax.aot.tpu_slices import GIB
+from imagen_jax.cli import log_to_stderr
 
 
 def add_parser(subparsers) -> None:
@@ -95,7 +96,7 @@ def run(args) -> int:
     from imagen_jax.aot.tpu_slices import MissingLibtpuError, parse_slice
     from imagen_jax.config import apply_overrides, load_config, to_dict
 
-    logging.basicConfig(level=logging.WARNING)
+    log_to_stderr(logging.WARNING)
     try:
         tpu_slice = parse_slice(args.topology)
         config = apply_overrides(load_config(args.config), args.config_overrides)

@@ -13,6 +13,7 @@ import functools
 import logging
 import sys
 
+from imagen_jax.cli import log_to_stderr
 from imagen_jax.data.sources import DATA_DIR_ENV, DEFAULT_DATA_DIR
 
 _DATA_DIR_HELP = f"dataset folder (default: ${DATA_DIR_ENV} or {DEFAULT_DATA_DIR})"
@@ -97,7 +98,7 @@ def run_shapes(args: argparse.Namespace) -> int:
 def run_import(args: argparse.Namespace) -> int:
     from imagen_jax.data.importer import import_dataset
 
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
+    log_to_stderr(logging.INFO, "%(levelname)s: %(message)s")
     builder, report = import_dataset(
         args.source,
         name=args.name,

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from imagen_jax.cli import log_to_stderr
+
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
@@ -25,7 +27,7 @@ def run(args) -> int:
     from imagen_jax.config import apply_overrides, load_config
     from imagen_jax.train.loop import ConfigMismatchError, TrainingDivergedError, train
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
+    log_to_stderr(logging.INFO)
     try:
         config = apply_overrides(load_config(args.config), args.config_overrides)
         metrics = train(config, args.workdir, override=args.override, progress=not args.no_progress)
