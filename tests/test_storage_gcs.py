@@ -1,8 +1,9 @@
 """Every artifact of a run on gs://, against a real GCS JSON API server on 127.0.0.1
 (fake-gcs-server; fixtures in gcs_server.py): a training run's workdir, SIGKILL and
 resume from the bucket, a dataset imported to the bucket with its embedding cache and a run
-that trains from it (through a gcsfuse-style mount), the cascade from gs:// workdirs to a
-gs:// --out, a T5 checkpoint directory on the bucket, and the start-up errors."""
+that trains from it (through a gcsfuse-style mount) warm-started from a bucket workdir, the
+cascade from gs:// workdirs to a gs:// --out, a T5 checkpoint directory on the bucket, and
+the start-up errors."""
 
 import io
 import json
@@ -161,7 +162,7 @@ def write_image_folder(folder, count=16):
         (folder / f"img{i}.txt").write_text(f"a flat color number {i}")
 
 
-def test_dataset_on_the_bucket_its_embedding_cache_and_a_run_that_trains_from_it(gcs, gcs_mount, data_dir,
+def test_dataset_on_the_bucket_its_embedding_cache_and_a_run_that_trains_from_it(gcs, gcs_mount, data_dir, straight_run,
                                                                                    compile_cache, tmp_path, capsys):
     write_image_folder(tmp_path / "images")
     data_uri = gcs.uri("data")
@@ -172,9 +173,11 @@ def test_dataset_on_the_bucket_its_embedding_cache_and_a_run_that_trains_from_it
     assert "data/flat_colors/1.0.0/dataset_info.json" in names
     assert any(".array_record-" in n and "train" in n for n in names)
     overrides = tiny_overrides(data_dir, steps=3, **{"data.name": "flat_colors", "data.data_dir": data_uri,
-                                                     "train.sample_every": 0, "checkpoint.every": 3})
-    run(train_cmd(gcs.uri("from_bucket_data"), overrides), tmp_path, IMAGEN_JAX_GCS_MOUNT=str(gcs_mount),
-        **compile_cache)
+                                                     "train.sample_every": 0, "checkpoint.every": 3,
+                                                     "train.init_from": gcs.uri("straight")})
+    proc = run(train_cmd(gcs.uri("from_bucket_data"), overrides), tmp_path, IMAGEN_JAX_GCS_MOUNT=str(gcs_mount),
+               **compile_cache)
+    assert f"params and EMA params from {gcs.uri('straight')}, step 12" in proc.stderr  # init_from on the bucket
     cache = "data/flat_colors/1.0.0/text_embeddings/tiny-random-byt5/train/"
     metadata = json.loads(gcs.read(cache + "metadata.json"))
     assert metadata["count"] == 14 and all(cache + f in gcs.objects(cache) for f in metadata["files"])

@@ -81,19 +81,22 @@ def check_workdir_config(config, workdir: str, override: bool) -> None:
 
 def check_storage(config, workdir: str) -> None:
     """Every path the run will touch, checked at start-up before any compile (storage.StorageError
-    names the path and the fix): the workdir is writable; the dataset's folder, a given
-    embedding cache and `init_from` are readable; datasets on gs:// have their mount."""
+    names the path and the fix): the workdir is writable; the dataset's folder (writable when
+    the embedding cache is kept there), a given embedding cache, `init_from` and a T5
+    directory are readable; datasets and caches on gs:// have their mount."""
     from imagen_jax.data.sources import resolve_data_dir
 
     storage.check_access(workdir, write=True)
     data_dir = resolve_data_dir(config.data.data_dir or None)
-    storage.check_access(data_dir, write=jax.process_index() == 0)  # process 0 may write a cache there
+    own_cache = not config.data.text_embedding_dir  # written beside the dataset by process 0 if missing
+    storage.check_access(data_dir, write=own_cache and jax.process_index() == 0)
     storage.local_view(data_dir)
-    if config.data.text_embedding_dir:
+    if not own_cache:
         storage.check_access(config.data.text_embedding_dir, write=False)
         storage.local_view(config.data.text_embedding_dir)
-    if config.train.get("init_from"):
-        storage.check_access(config.train.init_from, write=False)
+    for source in (config.train.get("init_from"), config.text.encoder):  # local ones: only the scheme
+        if source:
+            storage.check_access(source, write=False)
 
 
 def text_embedding_cache(config, encoder) -> str:
