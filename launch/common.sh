@@ -119,3 +119,6 @@ tpu_ssh() {
 # imagen_jax_logs/R.pid, and its copied config files are in imagen_jax_runs/R/configs/.
 LOG_DIR=imagen_jax_logs
 RUNS_DIR=imagen_jax_runs
+# Where tpu_setup.sh --gcsfuse mounts bucket B on every worker: $GCS_MOUNT/B. tpu_train.sh
+# passes it to training as IMAGEN_JAX_GCS_MOUNT (datasets on gs:// are read there).
+GCS_MOUNT=/gcs

@@ -3,7 +3,8 @@
 set -euo pipefail
 
 usage="Usage: $(basename -- "$0") --name NAME --project PROJECT --zone ZONE
-       (--source PIP_SPEC | --wheel FILE) [--jax VERSION] [--python PYTHON] [--dry-run]
+       (--source PIP_SPEC | --wheel FILE) [--jax VERSION] [--python PYTHON]
+       [--gcsfuse BUCKET]... [--dry-run]
 
 Install the package on every worker (--worker=all), in one pip resolve with \"jax[tpu]\",
 then check the install by printing the version on each worker.
@@ -14,6 +15,9 @@ then check the install by printing the version on each worker.
   --jax VERSION      pin JAX: installs \"jax[tpu]==VERSION\" (default: newest \"jax[tpu]\")
   --python PYTHON    interpreter on the workers (default: python3); give a virtualenv's
                      python (a path relative to the home directory, or absolute) to install there
+  --gcsfuse BUCKET   install gcsfuse (Google's apt repository) and mount gs://BUCKET at
+                     /gcs/BUCKET on every worker (repeatable): training reads datasets
+                     and embedding caches on gs:// there (ArrayRecord reads local files)
   --name, --project, --zone, --dry-run   as in tpu_create.sh"
 
 # shellcheck source-path=SCRIPTDIR
@@ -23,12 +27,17 @@ SOURCE=
 WHEEL=
 JAX_VERSION=
 PYTHON=python3
+BUCKETS=()
 while (($#)); do
   case $1 in
     --source | --source=*) take_value "$@"; SOURCE=$VALUE ;;
     --wheel | --wheel=*) take_value "$@"; WHEEL=$VALUE ;;
     --jax | --jax=*) take_value "$@"; JAX_VERSION=$VALUE ;;
     --python | --python=*) take_value "$@"; PYTHON=$VALUE ;;
+    --gcsfuse | --gcsfuse=*)
+      take_value "$@"
+      [[ $VALUE =~ ^[a-z0-9][a-z0-9._-]*$ ]] || die "--gcsfuse expects a bucket name (no gs://), got '$VALUE'"
+      BUCKETS+=("$VALUE") ;;
     *) common_option "$@" ;;
   esac
   shift "$TAKEN"
@@ -57,3 +66,18 @@ fi
 install=$(shell_quote "$PYTHON" -m pip install --upgrade "$SOURCE" "$JAX_SPEC")
 check=$(shell_quote "$PYTHON" -m imagen_jax.cli --version)
 tpu_ssh all "$install && $check"
+
+if ((${#BUCKETS[@]})); then
+  # gcsfuse from Google's apt repository, as Cloud Storage FUSE's install guide gives it.
+  # shellcheck disable=SC2016  # $(lsb_release ...) is expanded on the worker
+  repo='deb [signed-by=/usr/share/keyrings/cloud.google.asc] https://packages.cloud.google.com/apt gcsfuse-$(lsb_release -c -s) main'
+  setup="curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo tee /usr/share/keyrings/cloud.google.asc >/dev/null"
+  setup+=" && echo \"$repo\" | sudo tee /etc/apt/sources.list.d/gcsfuse.list >/dev/null"
+  setup+=" && sudo apt-get update -qq && sudo apt-get install -y -qq fuse gcsfuse"
+  for bucket in "${BUCKETS[@]}"; do
+    mount_point=$GCS_MOUNT/$bucket
+    setup+=" && sudo mkdir -p $mount_point && sudo chown \"\$(id -u):\$(id -g)\" $mount_point"
+    setup+=" && { mountpoint -q $mount_point || gcsfuse --implicit-dirs $bucket $mount_point; }"
+  done
+  tpu_ssh all "$setup"
+fi

@@ -91,10 +91,7 @@ if ((COPY_CONFIG)); then
   CONFIG=$remote_config_dir/$(basename -- "$config_file")$config_parameter
 fi
 
-train=()
-if ((${#ENV_VARS[@]})); then
-  train=(env "${ENV_VARS[@]}")
-fi
+train=(env "IMAGEN_JAX_GCS_MOUNT=$GCS_MOUNT" "${ENV_VARS[@]}")
 train+=("$PYTHON" -m imagen_jax.cli train --config "$CONFIG" --workdir "$WORKDIR" --no-progress "${TRAIN_ARGS[@]}")
 
 # The remote script (run by each worker's login shell, in the home directory):

@@ -173,6 +173,16 @@ def test_setup_from_wheel_with_spaces_and_pinned_jax(tmp_path):
                    "&& venv/bin/python -m imagen_jax.cli --version")]
 
 
+def test_setup_mounts_buckets_with_gcsfuse_on_every_worker():
+    commands = dry_run("tpu_setup.sh", *TARGET, "--source", "imagen-jax", "--gcsfuse", "my-data", "--gcsfuse=runs")
+    assert len(commands) == 2 and commands[1][:8] == ssh("all", "")[:8]
+    mount = _remote(commands[1])
+    assert "sudo apt-get install -y -qq fuse gcsfuse" in mount
+    for bucket in ("my-data", "runs"):
+        assert f"{{ mountpoint -q /gcs/{bucket} || gcsfuse --implicit-dirs {bucket} /gcs/{bucket}; }}" in mount
+    assert "--gcsfuse expects a bucket name" in fails("tpu_setup.sh", *TARGET, "--source", "x", "--gcsfuse", "gs://b")
+
+
 def test_setup_errors(tmp_path):
     assert fails("tpu_setup.sh", *TARGET).endswith("error: give exactly one of --source PIP_SPEC and --wheel FILE")
     assert "exactly one" in fails("tpu_setup.sh", *TARGET, "--source", "imagen-jax", "--wheel", "x.whl")
@@ -217,7 +227,8 @@ def test_train_copies_configs_and_starts_on_all_workers(config_dir):
         ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(config), str(config_dir / "common.py"),
          f"pod:{remote_dir}/", "--worker=all", *SCOPE],
         ssh("all", start_command("base64", [
-            "env", "LIBTPU_INIT_ARGS=--xla_a=true --xla_b=1", "python3", "-m", "imagen_jax.cli", "train",
+            "env", "IMAGEN_JAX_GCS_MOUNT=/gcs", "LIBTPU_INIT_ARGS=--xla_a=true --xla_b=1", "python3", "-m",
+            "imagen_jax.cli", "train",
             "--config", f"{remote_dir}/base64_2b.py", "--workdir", "gs://bucket/runs/base64/", "--no-progress",
             "--config.text.prompt=a cat's hat", "--config.train.steps", "10", "--override", "--config.seed=3"])),
     ]
@@ -233,7 +244,8 @@ def test_train_config_parameter_is_kept(config_dir):
 def test_train_config_already_on_workers():
     assert dry_run("tpu_train.sh", *TARGET, "--config", "imagen_jax/configs/sr256.py", "--workdir", "gs://b/sr",
                    "--run", "sr256-try2", "--no-copy-config") == [ssh("all", start_command("sr256-try2", [
-                       "python3", "-m", "imagen_jax.cli", "train", "--config", "imagen_jax/configs/sr256.py",
+                       "env", "IMAGEN_JAX_GCS_MOUNT=/gcs", "python3", "-m", "imagen_jax.cli", "train", "--config",
+                       "imagen_jax/configs/sr256.py",
                        "--workdir", "gs://b/sr", "--no-progress"]))]
 
 
