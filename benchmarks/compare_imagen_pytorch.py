@@ -2,7 +2,7 @@
 sampling step of our UNet and of its Unet at matching hyperparameters, timed alternately
 in one run (ours one rep, theirs one rep, ...), medians, ratios, parameter counts.
 
-    PEER=/tmp/peer bash ../shared/peers/setup_imagen_pytorch.sh      # once: the peer's own venv
+    PEER=/tmp/peer bash benchmarks/peers/setup_imagen_pytorch.sh    # once: the peer's own venv
     python benchmarks/compare_imagen_pytorch.py --peer-python /tmp/peer/venv/bin/python --reps 7
     python benchmarks/compare_imagen_pytorch.py --image-size 64 --dim 128 --reps 3
 
@@ -38,7 +38,7 @@ from pathlib import Path
 BENCHMARKS = Path(__file__).resolve().parent
 REPO = BENCHMARKS.parent
 WORKER = BENCHMARKS / "imagen_pytorch_worker.py"
-SETUP_SCRIPT = "../shared/peers/setup_imagen_pytorch.sh"
+SETUP_SCRIPT = "benchmarks/peers/setup_imagen_pytorch.sh"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Architecture:
     text_dim: int = 64
     batch: int = 8
     cond_scale: float = 5.0
-    # the peer's own knobs, at the values of ../shared/peers/bench_imagen_pytorch.py
+    # the peer's own knobs, at the values of benchmarks/peers/bench_imagen_pytorch.py
     ff_mult: float = 2.0
     max_text_len: int = 256
     attn_pool_num_latents: int = 32
@@ -82,7 +82,7 @@ class Architecture:
 def matched_config(arch: Architecture):
     """Our base-stage config with `arch`'s hyperparameters: config.model is a UNet with
     channels = dim, channel_mult = dim_mults, num_res_blocks = num_resnet_blocks, attention
-    (with the text concatenated to its keys/values, SPEC 2) at the levels of layer_attns and
+    (with the text concatenated to its keys/values, design.md §2) at the levels of layer_attns and
     in the middle, 64-channel heads = attn_dim_head, conditioning width 4 * dim (the peer's
     time-embedding width), and resampling by one conv as the peer (resblock_updown=False:
     strided 3x3 conv down, nearest 2x + 3x3 conv up; the peer: pixel-unshuffle + 1x1 conv,

@@ -1,12 +1,12 @@
 """The imagen-pytorch side of benchmarks/compare_imagen_pytorch.py: a long-lived worker
 that runs in the PEER's virtual environment (torch + imagen-pytorch 2.1.0, installed by
-../shared/peers/setup_imagen_pytorch.sh) and speaks one JSON object per line.
+benchmarks/peers/setup_imagen_pytorch.sh) and speaks one JSON object per line.
 
     driver -> worker: {"op": "setup", "arch": {...}}   worker -> driver: {"params": ..., "flops": ...}
     driver -> worker: {"op": "train"} | {"op": "guided"}  worker -> driver: {"seconds": ...}
     driver -> worker: {"op": "quit"}
 
-It builds the Unet exactly as ../shared/peers/bench_imagen_pytorch.py does (every constructor
+It builds the Unet exactly as benchmarks/peers/bench_imagen_pytorch.py does (every constructor
 argument spelled out below) and times the same two things: one training step of
 Imagen(unets=(unet,)) (q_sample, forward, min-SNR MSE, backward, Adam step), and one
 classifier-free-guidance step, unet.forward_with_cond_scale (cond and null-text forwards,

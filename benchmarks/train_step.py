@@ -6,7 +6,7 @@ for a config on the current backend, on synthetic batches (no data pipeline, no 
 
 The step is the one `imagen-jax train` runs: sharded over all devices by the config's
 mesh, compiled ahead of time with donation. FLOPs are XLA's count for the compiled program
-(per device); MFU uses the chip's bf16 peak (SPEC 6) and is omitted where unknown (CPU).
+(per device); MFU uses the chip's bf16 peak (design.md §6) and is omitted where unknown (CPU).
 Prints a table and writes JSON (default benchmarks/results/train_step_<preset>_<backend>_b<batch>.json).
 """
 

@@ -116,7 +116,7 @@ def main(argv=None) -> None:
     parser.add_argument("--dtype", help="override model.dtype (compute), e.g. float32 or bfloat16")
     parser.add_argument("--remat", choices=["true", "false"], help="override model.remat")
     parser.add_argument("--flops-only", action="store_true", help="only XLA's FLOP count, on abstract shapes (no memory)")
-    parser.add_argument("--peak-tflops", type=float, help="device peak (SPEC 6) to report MFU")
+    parser.add_argument("--peak-tflops", type=float, help="device peak (design.md §6) to report MFU")
     parser.add_argument("--out", help="JSON output path")
     args = parser.parse_args(argv)
 
