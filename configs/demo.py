@@ -24,11 +24,9 @@ import shapes_sr64
 from imagen_jax.data.shapes_scene import COLOR_NAMES, SHAPES
 
 DATASET = "imagen_shapes/64px_train10000"  # 64 px scenes; the base stage reads them at 32 px
-# One token per word: a random T5 over bytes needs many more steps before a stage follows
-# its prompts (measured: no text use after 700 steps); the longest caption is 22 tokens.
-# "-ordered": relative position biases at std 1, so a color word's output says whether it
-# names the object or the background (measured: base accuracy over seeds 0-3, mean 39.2%
-# with tiny-random-t5-words, 60.0% with this one, both at 1000 steps of 32).
+# One token per word: a random T5 over bytes barely used the text in the demo's time (docs/demo.md).
+# "-ordered": position biases at std 1, so a color word's output tells object from background.
+# MAX_TEXT_LENGTH: the longest caption is 22 tokens.
 TEXT_ENCODER = "tiny-random-t5-words-ordered"
 MAX_TEXT_LENGTH = 24
 
@@ -66,7 +64,7 @@ def _stage(preset, steps: int, checkpoint_every: int):
     config.data.max_text_length = MAX_TEXT_LENGTH
     config.data.num_workers = 0  # the 2 cores are busy with the train step; threads suffice at these sizes
     config.text.encoder = TEXT_ENCODER
-    # Short runs: min-SNR-5 loss weighting (Hang et al. 2023; an option in SPEC 3) to spend
+    # Short runs: min-SNR-5 loss weighting (Hang et al. 2023; an option in design.md §3) to spend
     # the few steps on the noise levels that decide the picture; a higher peak lr, a short
     # warmup and a faster EMA.
     config.diffusion.min_snr_gamma = 5.0
@@ -74,7 +72,6 @@ def _stage(preset, steps: int, checkpoint_every: int):
     config.optimizer.warmup_steps = 50
     config.train.ema_decay = 0.995
     config.train.steps = steps
-    config.optimizer.total_steps = steps
     config.checkpoint.every = checkpoint_every
     config.train.sample_every = checkpoint_every
     return config
@@ -89,56 +86,36 @@ def get_config(size: str = "") -> ml_collections.ConfigDict:
 
 def _demo() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    # The base stage's accuracy follows its training length (README, "Longer and cheaper base
-    # stages"), so its UNet runs on 2 x 2 pixel blocks (model.patch_size; not in the paper): on
-    # 2 CPU cores the training loop runs at 108-112 img/s against about 38. Measured (base
-    # accuracy, seeds 0-7, about 20 min of training each): plain UNet 5400 steps 70.4%; 2 x 2
-    # blocks, 24 channels, (1, 2, 4), 14000 steps 77.5%; 32 channels, (1, 2, 2), 14000 steps
-    # 82.1%. The last with the guidance interval below, seeds 0-15: 89.4% at 14000 steps,
-    # 92.1% at 17000 (20.9 min).
+    # 2x2 pixel blocks: 2.6x the updates in the same time; accuracy follows updates (docs/demo.md).
+    # 32 channels, (1, 2, 2), head_dim 16: the best block UNet tried; 17000 steps fill ~21 min.
     config.base = _stage(shapes_base32, steps=17000, checkpoint_every=4250)
     config.base.model.update(patch_size=2, channels=32, channel_mult=(1, 2, 2), head_dim=16)
     config.base.data.image_size = 32  # read the 64 px scenes at 32 px
-    # Batch 8: on 2 CPU cores a step's cost is linear in the batch (39.9 / 41.5 / 41.9 img/s
-    # at 8 / 16 / 32), so the same 32,000 images buy 4x the updates of batch 32. Measured
-    # (base accuracy, seeds 0-3, one sweep): 1000 x 32 55.0%, 2000 x 16 66.7%, 4000 x 8 73.3%.
-    # lr and EMA follow the batch: lr ~ sqrt(batch) from 2e-3 at 32, the EMA's horizon and
-    # the warmup kept in images.
+    # Batch 8: a CPU step costs linearly in the batch, so batch 8 buys 4x the updates of 32.
+    # lr ~ sqrt(batch) from 2e-3 at 32; the warmup and the EMA's horizon kept in images.
     config.base.train.batch_size = 8
     config.base.optimizer.peak_lr = 1e-3
     config.base.optimizer.warmup_steps = 200
     config.base.train.ema_decay = 0.99875
-    config.base.sampling.guidance_weight = 5.0  # the paper's samples use 5 (SPEC 3)
-    # Guidance only at log-SNR <= 2 (the guidance interval of Kynkaanniemi et al. 2024; not in
-    # the paper); the less noisy steps take the conditional model alone, in one pass. Measured
-    # on the base stage above at 14000 steps (w = 5, seeds 0-15): 82.1% guided at every step,
-    # 89.4% with the interval (up to 4: 87.9%, up to 0: 88.3%; from -6 or -3 up to 2: 87.5% /
-    # 85.0%; seeds 0-7). w = 3 / 4 with the interval: 85.6% / 88.1%.
+    config.base.sampling.guidance_weight = 5.0  # the paper's samples use 5 (design.md §3)
+    # Guidance only at log-SNR <= 2 (Kynkaanniemi et al. 2024; not in the paper): +7 points (docs/demo.md).
     config.base.sampling.guidance_logsnr_max = 2.0
     config.sr = _stage(shapes_sr64, steps=500, checkpoint_every=250)
-    # Batch 16, half the earlier demo's SR images: 34.09 dB against 34.58 at batch 32 (bicubic
-    # 33.14); the 3.3 minutes saved (SR 7.4 -> 4.1 min) go to the base stage.
+    # Batch 16: about 0.5 dB below batch 32, and the 3.3 minutes saved go to the base stage.
     config.sr.train.batch_size = 16
-    # x-prediction (SPEC 3 allows eps, x, v): after 100-300 steps, eps and v SR stages had not
-    # learned the low noise levels (their samples were noise); an x-predicting stage's error
-    # is a smooth image error, and its loss is the MSE to the true image. No min-SNR
-    # weighting: SR detail lives at the low noise levels min-SNR turns down.
+    # x-prediction (design.md §3 allows eps, x, v): eps and v SR stages missed the low noise levels.
+    # No min-SNR weighting: SR detail lives at the low noise levels min-SNR turns down.
     config.sr.diffusion.prediction = "x"
     config.sr.diffusion.min_snr_gamma = None
-    # The stage starts as bicubic upsampling (model.low_res_skip, identity-initialised) and
-    # learns the correction; measured at 500 steps, sampled PSNR on test images 19-21 dB without it.
+    # Start as bicubic upsampling (identity-initialised skip) and learn only the correction.
     config.sr.model.low_res_skip = True
     config.sr.model.low_res_resize = "bicubic"
     config.sr.optimizer.peak_lr = 5e-4
-    # Noise conditioning augmentation (SPEC 3: level ~ U[0, 1] per example; the schedule is
-    # ours): a mild one, noise std 0 at level 0 to 0.17 at level 1 (log-SNR 3.5). With the
-    # cosine schedule most examples' low-res images are mostly noise, and in 200 steps the
-    # stage learned 3x worse predictions on clean inputs than with a mild one (beta 1e-4 to 2e-4).
+    # Noise augmentation (design.md §3; schedule ours): mild, std 0 to 0.17 over levels 0 to 1.
+    # With the cosine schedule most low-res inputs are mostly noise (docs/demo.md).
     config.sr.diffusion.aug_schedule = dict(kind="linear", beta_start=1e-5, beta_end=5e-5)
     config.sr.sampling.guidance_weight = 1.0  # SR guidance sharpens little here and doubles the cost
-    # Static thresholding: dynamic thresholding rescales a whole image whose white or black
-    # areas overshoot +-1 by a little (0.5% of pixels suffice), which dims and tints SR
-    # outputs (measured: 32.1 dB dynamic vs 34.3 dB static, bicubic 32.9).
+    # Static thresholding: dynamic dims and tints whole SR images whose whites or blacks overshoot.
     config.sr.sampling.threshold = "static"
     config.eval = ml_collections.ConfigDict(dict(
         prompts=demo_prompts(),
@@ -160,7 +137,7 @@ def _smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         stage.data.name = "imagen_shapes/32px_train64_test16"
         stage.resolution = resolution
         stage.data.image_size = resolution
-        stage.train.steps = stage.optimizer.total_steps = 4
+        stage.train.steps = 4
         stage.train.batch_size = 8
         stage.train.log_every = 2
         stage.checkpoint.every = stage.train.sample_every = 2
