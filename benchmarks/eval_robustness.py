@@ -21,8 +21,9 @@ import time
 import numpy as np
 from scipy import ndimage
 
-from imagen_jax.eval import analyze_image, prompt_accuracy, to_uint8_images
+from imagen_jax.eval import analyze_image, prompt_accuracy
 from imagen_jax.eval.dataset_check import dataset_images
+from imagen_jax.images import to_uint8
 
 BLURS = (0.0, 0.5, 0.75, 1.0)
 NOISES = (0.0, 0.03, 0.06)
@@ -34,7 +35,7 @@ def degrade(images: np.ndarray, blur: float, noise: float, seed: int = 0) -> np.
         x = ndimage.gaussian_filter(x, sigma=(0, blur, blur, 0))
     if noise:
         x = x + np.random.default_rng(seed).normal(0.0, noise * 255, x.shape)
-    return to_uint8_images(x, value_range=(0, 255))
+    return to_uint8(x, value_range=(0, 255))
 
 
 def main() -> None:

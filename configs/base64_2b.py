@@ -1,8 +1,8 @@
-"""Imagen's base stage: text -> 64x64, the ~2B-parameter ADM-style UNet (SPEC 1, 4):
+"""Imagen's base stage: text -> 64x64, the ~2B-parameter ADM-style UNet (design.md §1, §4):
 512 channels, channel_mult (1, 2, 3, 4), 3 ResNet blocks per level, 64 channels per head,
 self-attention with the text in its keys/values at 32, 16 and 8 px.
 
-Training as the paper (SPEC 1): Adafactor, batch 2048, peak lr 1e-4 with 10k warmup steps and
+Training as the paper (design.md §1): Adafactor, batch 2048, peak lr 1e-4 with 10k warmup steps and
 cosine decay over 2.5M steps, frozen T5-XXL embeddings; the data section defaults to the
 built-in 64px shapes dataset (point data.name at a TFDS image-text dataset for real runs).
 The mesh and rematerialization are the settings `imagen-jax compile-check --topology v4-256`

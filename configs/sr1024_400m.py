@@ -1,10 +1,10 @@
 """Imagen's second super-resolution stage: 256 -> 1024, the ~400M-parameter Efficient U-Net
-without self-attention, with text cross-attention at the lowest level (SPEC 1, 4).
+without self-attention, with text cross-attention at the lowest level (design.md §1, §4).
 
-It trains on 64 -> 256 crops (SPEC 1), so this training config's resolution is 256 with 64px
+It trains on 64 -> 256 crops (design.md §1), so this training config's resolution is 256 with 64px
 low-res inputs: random 256px crops of 1024px images, each crop downsampled to 64px. Being
 fully convolutional, the trained model samples at 1024 from 256px inputs (sample_stage with
-image_size=1024 and a 256px low_res). Noise schedule: linear (SPEC 1). Training otherwise as
+image_size=1024 and a 256px low_res). Noise schedule: linear (design.md §1). Training otherwise as
 sr256: Adam, batch 2048, peak lr 1e-4, 10k warmup, cosine decay over 2.5M steps, and the same
 settings for 64 TPU v4 chips (v4-128): full FSDP, remat, 2 accumulated micro-batches of 16 per
 chip. compile-check refuses 32 per chip (35.3 GiB of temporaries; README,
@@ -17,7 +17,7 @@ import sr256_600m
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """SPEC 4: the sr256 configuration without self-attention, with text cross-attention kept."""
+    """design.md §4: the sr256 configuration without self-attention, with text cross-attention kept."""
     config = sr256_600m.get_config()
     config.resolution = 256  # training crops; sampling runs at 1024
     config.low_res_resolution = 64

@@ -1,11 +1,11 @@
 """Imagen's first super-resolution stage: 64 -> 256, the ~600M-parameter Efficient U-Net
-with self-attention (text concatenated to its keys/values) at the lowest level (SPEC 1, 4).
+with self-attention (text concatenated to its keys/values) at the lowest level (design.md §1, §4).
 
 Attention after every ResNet block of that level and the T5 output read directly by each
 attention layer: with these (unstated in the paper) choices the count lands near the paper's
 600M, while sr1024's single cross-attention per block lands near its 400M.
 
-Training as the paper (SPEC 1): Adam (b1 0.9, b2 0.999, eps 1e-8), batch 2048, peak lr 1e-4,
+Training as the paper (design.md §1): Adam (b1 0.9, b2 0.999, eps 1e-8), batch 2048, peak lr 1e-4,
 10k warmup steps, cosine decay over 2.5M steps, frozen T5-XXL embeddings; data defaults to
 the built-in 256px shapes dataset with 64px low-res inputs.
 

@@ -3,7 +3,7 @@ mesh, sampling. A preset file builds its `model` and `data` and calls `add_train
 
 Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
   seed                      one seed for the run: init, data order, noise (fold_in by step)
-  text.encoder              built-in encoder name, Hugging Face T5 dir or hub id (SPEC 2)
+  text.encoder              built-in encoder name, Hugging Face T5 dir or hub id (design.md §2)
   text.cache_dtype          float16 | bfloat16: stored embedding cache dtype
   diffusion.schedule        Schedule fields: kind cosine | linear | discrete_linear, logsnr_min/max
   diffusion.prediction      eps (the paper) | x | v
@@ -11,12 +11,12 @@ Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
   diffusion.snr_floor       None (off, the paper) or the floor of the x-space loss weight
                             (truncated SNR): weight clip(SNR, snr_floor, min_snr_gamma)
   diffusion.aug_schedule    SR noise-conditioning augmentation schedule (cosine: our choice)
-  optimizer.*               name adafactor | adam, peak_lr, warmup_steps, total_steps, end_lr,
+  optimizer.*               name adafactor | adam, peak_lr, warmup_steps, end_lr,
                             b1, b2, eps, grad_clip_norm (0 = off)
-  train.steps               total training steps
+  train.steps               total training steps (also the lr schedule's cosine horizon)
   train.batch_size          GLOBAL batch (split over processes, then over data x fsdp devices)
   train.grad_accum_steps    micro-batches per step (the batch must divide)
-  train.text_drop_prob      classifier-free guidance dropout (0.1, SPEC 2)
+  train.text_drop_prob      classifier-free guidance dropout (0.1, design.md §2)
   train.ema_decay           EMA of the params used for sampling
   train.log_every           steps between logged metrics (and NaN checks)
   train.max_nonfinite_streak  stop after this many skipped (NaN/inf) updates in a row
@@ -70,7 +70,7 @@ def add_training_sections(
         aug_schedule=dict(kind="cosine"),
     ))
     config.optimizer = ml_collections.ConfigDict(dict(
-        name=optimizer, peak_lr=peak_lr, warmup_steps=warmup_steps, total_steps=steps, end_lr=0.0,
+        name=optimizer, peak_lr=peak_lr, warmup_steps=warmup_steps, end_lr=0.0,
         b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0,
     ))
     config.train = ml_collections.ConfigDict(dict(

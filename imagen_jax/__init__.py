@@ -1,11 +1,14 @@
 """imagen_jax: Imagen (cascaded text-to-image pixel diffusion) in JAX/Flax.
 
-The public API is small. The diffusion core (`imagen_jax.diffusion`) is pure functions;
-a stage's model comes from its config (`build_model(config.model)`) and is sampled with
-`imagen_jax.pipeline.sample(params, text_embedding, text_mask, key, config=StageConfig)`;
-`Cascade.from_workdirs([...])` chains trained stages from text. Text encoders live in
-`imagen_jax.text` (`load_text_encoder`), data in `imagen_jax.data`, training in
-`imagen_jax.train` (`imagen-jax train`).
+The public API (docs/api.md), one name per level of sampling:
+  `imagen_jax.diffusion.sample(model_fn, key, shape, config=SamplerConfig(...), ...)`: the
+      diffusion sampler, one compiled loop;
+  `sample_stage(params, text_embedding, text_mask, key, config=StageConfig, low_res=None)`:
+      one trained stage, a pure function (`StageConfig.from_config(stage_config)`);
+  `Cascade.from_workdirs([...]).sample(prompts)`: text -> trained stages -> images.
+The diffusion core (`q_sample`, `diffusion_loss`, `Schedule`) is pure functions; a stage's
+model comes from its config (`build_model(config.model)`); configs load with `load_config`
+and `apply_overrides`. Text encoders: `imagen_jax.text.load_text_encoder`.
 """
 
 from imagen_jax.config import apply_overrides, load_config
@@ -14,7 +17,6 @@ from imagen_jax.diffusion import (
     Schedule,
     diffusion_loss,
     q_sample,
-    sample,
 )
 from imagen_jax.models import build_model
 from imagen_jax.pipeline import Cascade, StageConfig, sample_stage
@@ -32,6 +34,5 @@ __all__ = [
     "diffusion_loss",
     "load_config",
     "q_sample",
-    "sample",
     "sample_stage",
 ]

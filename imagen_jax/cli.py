@@ -9,6 +9,12 @@ import sys
 
 from imagen_jax import __version__
 
+# What bad input raises in the library (StorageError, WorkdirError, ConfigMismatchError are
+# ValueErrors; TrainingDivergedError a FloatingPointError; a missing optional package such as
+# libtpu a ModuleNotFoundError): the command prints the one message and exits with 2.
+USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError,
+               ModuleNotFoundError)
+
 # (module path, subcommand) pairs; each module defines add_parser(subparsers) and run(args).
 SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.text.embed_cli", "embed"),
@@ -63,7 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    return int(args.run(args) or 0)
+    try:
+        return int(args.run(args) or 0)
+    except USER_ERRORS as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        command = " ".join(filter(None, (args.command, getattr(args, "data_command", None))))
+        print(f"imagen-jax {command}: error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,5 +1,5 @@
 """Experiment configs: Python files in configs/ with `get_config()` returning an
-ml_collections ConfigDict (DESIGN: Conventions). Code reads configs; nothing writes them
+ml_collections ConfigDict (design.md §11). Code reads configs; nothing writes them
 except the run's saved copy (<workdir>/config.json).
 
 `load_config("configs/shapes_base32.py")`, or with an argument `"configs/x.py:arg"`,
@@ -87,6 +87,24 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
         with node.ignore_type():
             node[leaf] = value
     return config
+
+
+def is_super_resolution(config) -> bool:
+    """Whether a stage config (ConfigDict, or a workdir's config.json dict) is an SR stage:
+    the one reading of `stage` ("base" | "sr"; base when absent)."""
+    return config.get("stage", "base") == "sr"
+
+
+def upgrade_saved_config(saved: dict) -> dict:
+    """A workdir's config.json as today's fields (the one reader of older workdirs; they still
+    resume and sample). Older versions saved the lr schedule's horizon as optimizer.total_steps
+    beside train.steps; it is now train.steps itself, so an equal copy is dropped (an unequal
+    one stays and shows as a config difference: that run decayed over another horizon)."""
+    saved = json.loads(json.dumps(saved))
+    optimizer, train = saved.get("optimizer") or {}, saved.get("train") or {}
+    if "total_steps" in optimizer and optimizer["total_steps"] == train.get("steps"):
+        del optimizer["total_steps"]
+    return saved
 
 
 def to_dict(config) -> dict:

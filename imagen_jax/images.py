@@ -12,9 +12,11 @@ from PIL import Image
 from imagen_jax import storage
 
 
-def to_uint8(images) -> np.ndarray:
-    """[..., H, W, 3] floats in [-1, 1] -> uint8 in [0, 255] (clipped, rounded)."""
-    x = (np.asarray(images, np.float32) + 1.0) * 127.5
+def to_uint8(images, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
+    """Float images [..., H, W, C] with values in `value_range` (a diffusion sample: (-1, 1))
+    -> uint8 in [0, 255], rounded and clipped; out-of-range values saturate."""
+    low, high = value_range
+    x = (np.asarray(images, np.float64) - low) * (255.0 / (high - low))
     return np.clip(np.rint(x), 0, 255).astype(np.uint8)
 
 

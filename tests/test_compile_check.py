@@ -60,7 +60,7 @@ def test_unknown_slice_names_the_valid_ones(name):
 
 def test_cli_unknown_topology(capsys):
     rc = main(["compile-check", "--config", "configs/shapes_base32.py", "--topology", "v9-8"])
-    out = capsys.readouterr().out
+    out = capsys.readouterr().err  # one line: "imagen-jax compile-check: error: ..."
     assert rc == 2
     assert "unknown TPU topology 'v9-8'" in out and "v4-256" in out
 
@@ -76,7 +76,7 @@ def test_parse_hbm_oom():
 @needs_libtpu
 def test_tiny_config_fits_on_v4_8(tmp_path, capsys):
     out = tmp_path / "report.json"
-    rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch", "16", "--output", str(out)])
+    rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch-size", "16", "--output", str(out)])
     printed = capsys.readouterr().out
     assert rc == 0, printed
     assert "FITS" in printed and "v4:2x2x1" in printed
@@ -100,7 +100,7 @@ def test_tiny_config_fits_on_v4_8(tmp_path, capsys):
 @needs_libtpu
 def test_huge_batch_does_not_fit(tmp_path, capsys):
     out = tmp_path / "report.json"
-    rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch", "65536", "--output", str(out)])
+    rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch-size", "65536", "--output", str(out)])
     printed = capsys.readouterr().out
     assert rc == 1, printed
     report = json.loads(out.read_text())
@@ -146,7 +146,7 @@ def test_accumulated_step_counts_every_micro_batch(tmp_path):
     for accum in (1, 2):
         out = tmp_path / f"accum{accum}.json"
         rc = main(["compile-check", *TINY, f"--config.train.grad_accum_steps={accum}", "--topology", "v4-8",
-                   "--batch", "16", "--output", str(out)])
+                   "--batch-size", "16", "--output", str(out)])
         assert rc == 0
         reports[accum] = json.loads(out.read_text())
     assert reports[2]["grad_accum_steps"] == 2

@@ -100,9 +100,9 @@ def test_import_tables_and_cli(tmp_path, capsys):
     assert [records[i]["caption"].decode() for i in range(3)] == ["first", "third", "second, with a comma"]
 
     # The CLI, with a held-out test split chosen by seed (two worker processes).
-    argv = ["data", "import", str(tmp_path / "table.csv"), "--name", "from_csv", "--data_dir", str(tmp_path / "tfds")]
-    argv += ["--image_column", "file_name", "--caption_column", "text", "--test_size", "1", "--seed", "2"]
-    assert cli.main(argv + ["--num_workers", "2"]) == 0
+    argv = ["data", "import", str(tmp_path / "table.csv"), "--name", "from_csv", "--data-dir", str(tmp_path / "tfds")]
+    argv += ["--image-column", "file_name", "--caption-column", "text", "--test-size", "1", "--seed", "2"]
+    assert cli.main(argv + ["--num-workers", "2"]) == 0
     assert "Imported 2 train, 1 test; skipped 1 unreadable images" in capsys.readouterr().out
     captions = set()
     for split in ("train", "test"):
@@ -111,7 +111,7 @@ def test_import_tables_and_cli(tmp_path, capsys):
     assert captions == {"first", "third", "second, with a comma"}
 
     # Bad input: one message, exit status 2.
-    assert cli.main(["data", "import", str(tmp_path / "nothing_here"), "--name", "x", "--data_dir", str(tmp_path)]) == 2
+    assert cli.main(["data", "import", str(tmp_path / "nothing_here"), "--name", "x", "--data-dir", str(tmp_path)]) == 2
     assert "Nothing to import" in capsys.readouterr().err
     assert cli.main(["data", "import", str(tmp_path / "table.csv"), "--name", "Bad-Name"]) == 2
     assert "Bad dataset name" in capsys.readouterr().err

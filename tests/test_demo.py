@@ -19,6 +19,7 @@ def test_demo_smoke_runs_end_to_end(tmp_path, monkeypatch, capsys):
     over = result["base_accuracy_over_seeds"]
     assert [row["seed"] for row in over["per_seed"]] == [0, 1]
     assert over["min"] <= over["mean"] <= over["max"]
+    assert 0.0 <= over["mean_strict"] <= over["mean"]
     sweep = result["guidance_sweep"]
     assert [row["guidance_weight"] for row in sweep] == [1.0, 5.0]
     # Dynamic thresholding returns in-range pixels by construction; no thresholding need not.
@@ -31,6 +32,7 @@ def test_demo_smoke_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert (workdir / "samples" / "cascade.png").exists()
     out = capsys.readouterr().out
     assert "guidance sweep" in out and "SR fidelity" in out and "bicubic" in out
+    assert "strict (every stated attribute, background included)" in out
 
     # A second run finds both stages finished: no step is trained again.
     logged = [(workdir / stage / "metrics.jsonl").read_text() for stage in ("base", "sr")]
@@ -38,10 +40,6 @@ def test_demo_smoke_runs_end_to_end(tmp_path, monkeypatch, capsys):
     assert [(workdir / stage / "metrics.jsonl").read_text() for stage in ("base", "sr")] == logged
 
 
-def test_demo_names_the_fix_for_a_missing_config(tmp_path):
-    try:
-        main(["demo", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "d")])
-    except SystemExit as error:
-        assert "run it from the repository root" in str(error.code)
-    else:
-        raise AssertionError("a missing demo config must exit with an error")
+def test_demo_names_the_fix_for_a_missing_config(tmp_path, capsys):
+    assert main(["demo", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "d")]) == 2
+    assert "imagen-jax demo: error: no demo config" in capsys.readouterr().err

@@ -9,10 +9,10 @@ from imagen_jax.eval import (
     psnr,
     sr_fidelity,
     ssim,
-    to_uint8_images,
 )
 from imagen_jax.eval.dataset_check import dataset_images
 from imagen_jax.eval.image_quality import SSIM_K1, SSIM_K2, gaussian_window_1d
+from imagen_jax.images import to_uint8
 
 
 def _reference_ssim(a, b, data_range=255.0):
@@ -94,7 +94,7 @@ def test_bicubic_keeps_constants_and_sr_fidelity_checks_input():
     flat = np.full((16, 16, 3), 77, np.uint8)
     assert np.all(bicubic_upsample(flat, (64, 48)) == 77) and bicubic_upsample(flat, (64, 48)).shape == (64, 48, 3)
     high = np.zeros((2, 32, 32, 3), np.uint8)
-    with pytest.raises(ValueError, match="to_uint8_images"):
+    with pytest.raises(ValueError, match="imagen_jax.images.to_uint8"):
         sr_fidelity(high.astype(np.float32), high, high[:, :16, :16])
     with pytest.raises(ValueError, match="same N"):
         sr_fidelity(high, high, high[:1, :16, :16])
@@ -102,6 +102,6 @@ def test_bicubic_keeps_constants_and_sr_fidelity_checks_input():
 
 def test_model_output_conversion():
     x = np.array([-1.5, -1.0, 0.0, 0.999, 1.0, 2.0])
-    assert to_uint8_images(x).tolist() == [0, 0, 128, 255, 255, 255]
+    assert to_uint8(x).tolist() == [0, 0, 128, 255, 255, 255]
     assert out_of_range_fraction(x) == pytest.approx(2 / 6)
     assert out_of_range_fraction(x, value_range=(0, 1)) == pytest.approx(3 / 6)

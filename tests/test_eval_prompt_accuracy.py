@@ -9,10 +9,11 @@ from scipy import ndimage
 
 from imagen_jax.data.shapes_render import render_scene
 from imagen_jax.data.shapes_scene import COLOR_NAMES, COLORS, SHAPES, sample_scene
-from imagen_jax.eval import analyze_image, prompt_accuracy, to_uint8_images
+from imagen_jax.eval import analyze_image, prompt_accuracy
 from imagen_jax.eval.dataset_check import dataset_images
+from imagen_jax.images import to_uint8
 
-_RATES = ("correct", "color", "shape", "object", "two_object", "first_object", "second_object")
+_RATES = ("correct", "strict", "color", "shape", "object", "two_object", "first_object", "second_object")
 _RATES += ("background", "size", "position", "relation", "count")
 
 
@@ -35,7 +36,7 @@ def test_robust_to_mild_blur_and_noise(images_32):
     images, captions = images_32
     blurred = ndimage.gaussian_filter(images.astype(np.float32), sigma=(0, 0.5, 0.5, 0))
     noisy = blurred + np.random.default_rng(0).normal(0.0, 0.03 * 255, images.shape)
-    result = prompt_accuracy(to_uint8_images(noisy, value_range=(0, 255)), captions)
+    result = prompt_accuracy(to_uint8(noisy, value_range=(0, 255)), captions)
     for rate in ("correct", "color", "shape", "background", "count"):
         assert result[rate] >= 0.95, (rate, result)
 
@@ -63,7 +64,25 @@ def test_mismatched_prompts_score_about_chance(images_32):
     result = prompt_accuracy(images, captions[1:] + captions[:1])
     assert 0.25 <= result["shape"] <= 0.45
     assert 0.05 <= result["color"] <= 0.2
-    assert result["correct"] <= 0.06
+    assert result["correct"] <= 0.06 and result["strict"] <= result["correct"]
+
+
+def test_strict_needs_every_stated_attribute():
+    """`correct` asks for color and shape; `strict` also for the stated size, position,
+    background and relation: a true image of one prompt scored against its caption with one
+    stated attribute changed stays `correct` but is not `strict`."""
+    scene = _one_large_object_scene()
+    (obj,) = scene.objects
+    image = render_scene(scene, 64)
+    other_background = next(c for c in ("white", "black", "gray") if c != scene.background and c != obj.color)
+    prompts = [f"a large {obj.color} {obj.shape} on a {scene.background} background",
+               f"a small {obj.color} {obj.shape} on a {scene.background} background",
+               f"a large {obj.color} {obj.shape} on a {other_background} background",
+               f"a {obj.color} {obj.shape}"]
+    result = prompt_accuracy(np.stack([image] * 4), prompts, per_image=True)
+    assert [(x["correct"], x["strict"]) for x in result["images"]] == [(True, True), (True, False), (True, False),
+                                                                        (True, True)]
+    assert result["strict"] == 0.5 and result["correct"] == 1.0
 
 
 def test_noise_and_solid_images_show_no_prompt(images_32):

@@ -1,4 +1,4 @@
-"""The training loss: targets, min-SNR weights, per-example weights (SPEC 3)."""
+"""The training loss: targets, min-SNR weights, per-example weights (design.md §3)."""
 
 import jax
 import jax.numpy as jnp

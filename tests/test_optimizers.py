@@ -1,4 +1,6 @@
-"""Learning-rate schedule, the paper's optimizers and the EMA (SPEC 1)."""
+"""Learning-rate schedule, the paper's optimizers and the EMA (design.md §1)."""
+
+import os
 
 import jax
 import jax.numpy as jnp
@@ -14,6 +16,8 @@ from imagen_jax.train import (
     make_optimizer,
 )
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def test_warmup_then_cosine():
     sched = learning_rate_schedule(peak_lr=1e-4, warmup_steps=10_000, total_steps=2_500_000)
@@ -26,11 +30,11 @@ def test_warmup_then_cosine():
 
 
 def optimizer_config(name, **kw):
-    return ml_collections.ConfigDict(dict(name=name, peak_lr=1e-3, warmup_steps=2, total_steps=10, **kw))
+    return ml_collections.ConfigDict(dict(name=name, peak_lr=1e-3, warmup_steps=2, **kw))
 
 
 def test_adam_matches_optax_with_the_paper_hyperparameters():
-    opt, _ = make_optimizer(optimizer_config("adam"))
+    opt, _ = make_optimizer(optimizer_config("adam"), 10)
     params = {"w": jnp.ones((3,))}
     grads = {"w": jnp.asarray([0.1, -0.2, 0.3])}
     ref = optax.adam(optax.warmup_cosine_decay_schedule(0.0, 1e-3, 2, 10, 0.0), b1=0.9, b2=0.999, eps=1e-8)
@@ -42,13 +46,13 @@ def test_adam_matches_optax_with_the_paper_hyperparameters():
 
 
 def test_adafactor_and_clipping():
-    opt, _ = make_optimizer(optimizer_config("adafactor", grad_clip_norm=1.0))
+    opt, _ = make_optimizer(optimizer_config("adafactor", grad_clip_norm=1.0), 10)
     params = {"w": jnp.ones((4, 4))}
     state = opt.init(params)
     u, _ = opt.update({"w": jnp.full((4, 4), 1e6)}, state, params)
     assert np.all(np.isfinite(np.asarray(u["w"])))
     with pytest.raises(ValueError, match="optimizer.name"):
-        make_optimizer(optimizer_config("sgd"))
+        make_optimizer(optimizer_config("sgd"), 10)
 
 
 def test_ema():
@@ -60,3 +64,21 @@ def test_ema():
     assert float(ema_decay_at(10**7, 0.9999)) == pytest.approx(0.9999)
     assert float(ema_decay_at(0, 0.9999, warmup=False)) == pytest.approx(0.9999)
     jax.jit(ema_update)(ema, params, 0.5)
+
+
+def test_the_lr_horizon_is_the_runs_length_and_older_workdirs_still_load():
+    """--config.train.steps=500 decays over 500 steps (no second setting to forget); a
+    config.json from before carries optimizer.total_steps, which the reader drops when equal."""
+    from imagen_jax.config import apply_overrides, config_diff, load_config, to_dict, upgrade_saved_config
+
+    config = apply_overrides(load_config(os.path.join(REPO, "configs", "shapes_base32.py")), ["train.steps=500"])
+    assert "total_steps" not in config.optimizer
+    _, schedule = make_optimizer(config.optimizer, config.train.steps)
+    assert float(schedule(config.optimizer.warmup_steps)) == pytest.approx(config.optimizer.peak_lr)
+    assert float(schedule(250 + config.optimizer.warmup_steps // 2)) < config.optimizer.peak_lr
+    assert float(schedule(500)) == pytest.approx(config.optimizer.end_lr, abs=1e-12)
+    older = to_dict(config)
+    older["optimizer"]["total_steps"] = 500
+    assert config_diff(upgrade_saved_config(older), to_dict(config)) == []
+    older["optimizer"]["total_steps"] = 3000  # that run decayed over another horizon: a real difference
+    assert config_diff(upgrade_saved_config(older), to_dict(config)) == ["optimizer.total_steps: 3000 -> '<absent>'"]

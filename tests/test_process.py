@@ -121,7 +121,7 @@ def test_parameterizations_round_trip(x64):
 
 @pytest.mark.parametrize("gamma", [0.0, 1.0])
 def test_ancestral_step_is_ddpm_on_the_discrete_schedule(gamma, x64):
-    """x_{t-1} = (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t) + sigma_t z (SPEC 3), with
+    """x_{t-1} = (x_t - beta_t / sqrt(1 - ab_t) eps) / sqrt(alpha_t) + sigma_t z (design.md §3), with
     sigma_t^2 = beta~_t (gamma = 0) or beta_t (gamma = 1), and z FRESH noise."""
     betas = linear_betas(1000)
     ab = alpha_bar_table(betas)

@@ -1,4 +1,4 @@
-"""Samplers: exactness on Gaussian data, guidance, determinism, one compiled program (SPEC 3).
+"""Samplers: exactness on Gaussian data, guidance, determinism, one compiled program (design.md §3).
 
 For data x ~ N(m, sd^2) per dimension the optimal denoiser is closed form,
 E[x | z_t] = m + alpha sd^2 / (alpha^2 sd^2 + sigma^2) (z_t - alpha m), so every sampler is a

@@ -1,4 +1,4 @@
-"""Schedules against float64 numpy references written here (SPEC 3)."""
+"""Schedules against float64 numpy references written here (design.md §3)."""
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +35,7 @@ def test_cosine_matches_improved_ddpm_alpha_bar():
 
 
 def test_cosine_without_f0_term_is_the_spec_closed_form_away_from_zero():
-    # SPEC: lambda(t) = -2 log tan(pi/2 (t+s)/(1+s)) up to the f(0) correction, which only
+    # design.md §3: lambda(t) = -2 log tan(pi/2 (t+s)/(1+s)) up to the f(0) correction, which only
     # matters near t = 0 (f(0) = cos^2(pi/2 s/(1+s)) ~ 1 - 1.6e-4).
     t = np.linspace(0.3, 0.95, 14)
     closed = -2 * np.log(np.tan(np.pi / 2 * (t + 0.008) / 1.008))

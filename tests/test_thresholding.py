@@ -1,4 +1,4 @@
-"""Static and dynamic thresholding against their formulas (SPEC 3)."""
+"""Static and dynamic thresholding against their formulas (design.md §3)."""
 
 import jax.numpy as jnp
 import numpy as np

@@ -45,7 +45,6 @@ def tiny_overrides(data_dir, steps=12, **extra):
         "train.sample_every": 0,
         "checkpoint.every": 3,
         "optimizer.warmup_steps": 2,
-        "optimizer.total_steps": 12,
     }
     overrides.update(extra)
     return [f"--config.{k}={v}" for k, v in overrides.items()]
@@ -125,7 +124,10 @@ def wait_for_checkpoint(proc, workdir, timeout=300):
 
 def test_exact_resume_after_sigkill(straight_run, data_dir, tmp_path):
     workdir = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(workdir, tiny_overrides(data_dir, steps=1000)), env=env(), cwd=REPO,
+    # The same 12 steps (the lr schedule's horizon is train.steps), slowed by a sample grid
+    # after every step so that the kill lands between the first checkpoint and the end.
+    overrides = tiny_overrides(data_dir, steps=12, **{"train.sample_every": 1})
+    proc = subprocess.Popen(train_cmd(workdir, overrides), env=env(), cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wait_for_checkpoint(proc, workdir)
     proc.send_signal(signal.SIGKILL)
@@ -133,8 +135,7 @@ def test_exact_resume_after_sigkill(straight_run, data_dir, tmp_path):
     assert proc.returncode == -signal.SIGKILL
     resumed_from = committed_steps(workdir)[-1]
     assert 3 <= resumed_from < 12
-    # Resume to step 12 (train.steps differs from the killed run's: --override).
-    run_train(workdir, tiny_overrides(data_dir, steps=12), "--override")
+    run_train(workdir, overrides)  # the same command again resumes
     straight, step_a = saved_params(straight_run, 12)
     resumed, step_b = saved_params(workdir, 12)
     assert step_a == step_b == 12
@@ -216,7 +217,7 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(data_dir
                                                       "train.max_nonfinite_streak": 3})
     proc = subprocess.run(train_cmd(tmp_path, overrides), env=env(), capture_output=True, text=True, timeout=600,
                           cwd=REPO)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert "non-finite losses in a row" in proc.stderr and "peak_lr" in proc.stderr
     steps = committed_steps(tmp_path)
     if steps:  # whatever was committed before divergence is a whole, finite checkpoint

@@ -34,7 +34,7 @@ def tiny_config(stage="base", optimizer="adam", accum=1):
     config.diffusion = ml_collections.ConfigDict(dict(schedule=dict(kind="cosine"), prediction="eps",
                                                       aug_schedule=dict(kind="cosine")))
     config.train = ml_collections.ConfigDict(dict(text_drop_prob=0.1, ema_decay=0.999, grad_accum_steps=accum))
-    config.optimizer = ml_collections.ConfigDict(dict(name=optimizer, peak_lr=1e-3, warmup_steps=2, total_steps=10,
+    config.optimizer = ml_collections.ConfigDict(dict(name=optimizer, peak_lr=1e-3, warmup_steps=2,
                                                       grad_clip_norm=1.0))
     return config
 
@@ -55,7 +55,7 @@ def make_batch(config, batch=8, seed=0):
 
 def setup(config, mesh):
     model = build_model(config.model)
-    optimizer, schedule = make_optimizer(config.optimizer)
+    optimizer, schedule = make_optimizer(config.optimizer, 10)
     inputs = dummy_inputs(config, batch=1, text_length=TEXT_LEN)
     init_fn = lambda rng: model.init(rng, **inputs)["params"]  # noqa: E731
     state, shardings = create_sharded_state(init_fn, optimizer, jax.random.key(0), mesh, DEFAULT_RULES)

@@ -29,7 +29,7 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--config", required=True, help="config file, optionally path.py:ARG")
     parser.add_argument("--topology", required=True, help="TPU slice: v4-256, v5p-128, v5e-256, v6e-256, v4:4x4x8, ...")
-    parser.add_argument("--batch", type=int, default=None, help="global batch (default: train.batch_size)")
+    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: train.batch_size)")
     parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
     parser.set_defaults(run=run, accepts_config_overrides=True)
 
@@ -93,17 +93,13 @@ def run(args) -> int:
     if "JAX_PLATFORMS" not in os.environ:
         jax.config.update("jax_platforms", "cpu")
     from imagen_jax.aot.compile_check import compile_check
-    from imagen_jax.aot.tpu_slices import MissingLibtpuError, parse_slice
+    from imagen_jax.aot.tpu_slices import parse_slice
     from imagen_jax.config import apply_overrides, load_config, to_dict
 
     log_to_stderr(logging.WARNING)
-    try:
-        tpu_slice = parse_slice(args.topology)
-        config = apply_overrides(load_config(args.config), args.config_overrides)
-        report = compile_check(config, tpu_slice, global_batch=args.batch)
-    except (FileNotFoundError, ValueError, MissingLibtpuError) as error:
-        print(f"imagen-jax compile-check: {error}")
-        return 2
+    tpu_slice = parse_slice(args.topology)
+    config = apply_overrides(load_config(args.config), args.config_overrides)
+    report = compile_check(config, tpu_slice, global_batch=args.batch_size)
     print(format_report(report, args.config))
     if args.output:
         record = {"config": args.config, "overrides": list(args.config_overrides), **report.to_dict(),

@@ -5,7 +5,7 @@ Cloud TPU names count differently per generation: `v4-N` and `v5p-N` count Tenso
 (also `v5litepod-N`) and `v6e-N` count chips. An explicit physical topology
 `GEN:AxBxC` (v4, v5p) or `GEN:AxB` (v5e, v6e) is accepted too, e.g. `v4:4x4x8`.
 
-Per-chip figures (SPEC 6 and Cloud TPU documentation): peak dense bf16 FLOP/s, HBM
+Per-chip figures (design.md §6 and Cloud TPU documentation): peak dense bf16 FLOP/s, HBM
 capacity and HBM bandwidth, used for "does it fit" and for a roofline step-time estimate.
 """
 
@@ -19,7 +19,7 @@ import re
 GIB = 1024**3
 
 
-class MissingLibtpuError(RuntimeError):
+class MissingLibtpuError(ModuleNotFoundError):
     """libtpu (the TPU compiler) is not installed."""
 
 

@@ -11,7 +11,7 @@ from imagen_jax.data.pipeline import dataset_from_config, make_dataset
 from imagen_jax.data.shapes_builder import ImagenShapes, prepare_shapes
 from imagen_jax.data.shapes_render import render_scene
 from imagen_jax.data.shapes_scene import COLORS, POSITIONS, SHAPES, SIZES, sample_scene
-from imagen_jax.data.sources import default_data_dir, open_builder, open_source
+from imagen_jax.data.sources import open_builder, open_source
 from imagen_jax.data.transforms import PrepareExample
 
 __all__ = [
@@ -22,7 +22,6 @@ __all__ = [
     "ImagenShapes",
     "PrepareExample",
     "dataset_from_config",
-    "default_data_dir",
     "import_dataset",
     "make_dataset",
     "open_builder",

@@ -1,17 +1,15 @@
 """`imagen-jax data`: prepare the shapes dataset, import user images, inspect a dataset.
 
-  imagen-jax data shapes --resolution 64 [--num_train N --num_test M --seed S --data_dir D]
-  imagen-jax data import SOURCE --name NAME [--test_size N --max_size S --image_column C ...]
+  imagen-jax data shapes --resolution 64 [--num-train N --num-test M --seed S --data-dir D]
+  imagen-jax data import SOURCE --name NAME [--test-size N --max-size S --image-column C ...]
   imagen-jax data info NAME [--split train --count 5]
-Datasets live in --data_dir, default $IMAGEN_JAX_DATA_DIR or ~/imagen_jax_data.
+Datasets live in --data-dir, default $IMAGEN_JAX_DATA_DIR or ~/imagen_jax_data.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
-import sys
 
 from imagen_jax.cli import log_to_stderr
 from imagen_jax.data.sources import DATA_DIR_ENV, DEFAULT_DATA_DIR
@@ -32,11 +30,11 @@ def add_parser(subparsers) -> None:
 
     shapes = commands.add_parser("shapes", help="generate the built-in shapes dataset (TFDS ArrayRecord)")
     shapes.add_argument("--resolution", type=int, default=64, help="image side in pixels (default 64)")
-    shapes.add_argument("--num_train", type=int, default=DEFAULT_NUM_TRAIN)
-    shapes.add_argument("--num_test", type=int, default=DEFAULT_NUM_TEST)
+    shapes.add_argument("--num-train", type=int, default=DEFAULT_NUM_TRAIN)
+    shapes.add_argument("--num-test", type=int, default=DEFAULT_NUM_TEST)
     shapes.add_argument("--seed", type=int, default=DEFAULT_SEED)
-    shapes.add_argument("--data_dir", default=None, help=_DATA_DIR_HELP)
-    shapes.add_argument("--num_workers", type=int, default=None, help="render processes (default: all CPUs)")
+    shapes.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    shapes.add_argument("--num-workers", type=int, default=None, help="render processes (default: all CPUs)")
     shapes.set_defaults(run=run_shapes)
 
     imports = commands.add_parser(
@@ -44,41 +42,25 @@ def add_parser(subparsers) -> None:
     )
     imports.add_argument("source", help="folder, .csv or .jsonl")
     imports.add_argument("--name", required=True, help="TFDS dataset name (lower_snake_case)")
-    imports.add_argument("--data_dir", default=None, help=_DATA_DIR_HELP)
-    imports.add_argument("--image_column", default="path", help="table column of image paths")
-    imports.add_argument("--caption_column", default="caption", help="table column of captions")
-    imports.add_argument("--test_size", type=int, default=0, help="images held out as a 'test' split")
+    imports.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
+    imports.add_argument("--image-column", default="path", help="table column of image paths")
+    imports.add_argument("--caption-column", default="caption", help="table column of captions")
+    imports.add_argument("--test-size", type=int, default=0, help="images held out as a 'test' split")
     imports.add_argument("--seed", type=int, default=0, help="seed choosing the test images")
-    imports.add_argument("--max_size", type=int, default=None, help="reduce the shorter side to this (pixels)")
-    imports.add_argument("--num_workers", type=int, default=None, help="decode processes (default: all CPUs)")
+    imports.add_argument("--max-size", type=int, default=None, help="reduce the shorter side to this (pixels)")
+    imports.add_argument("--num-workers", type=int, default=None, help="decode processes (default: all CPUs)")
     imports.add_argument("--overwrite", action="store_true", help="replace an existing dataset of this name")
     imports.set_defaults(run=run_import)
 
     info = commands.add_parser("info", help="show a prepared dataset's splits, features and first captions")
     info.add_argument("name", help="TFDS name, e.g. imagen_shapes/64px or my_photos")
-    info.add_argument("--data_dir", default=None, help=_DATA_DIR_HELP)
+    info.add_argument("--data-dir", default=None, help=_DATA_DIR_HELP)
     info.add_argument("--split", default="train")
-    info.add_argument("--text_key", default="caption")
+    info.add_argument("--text-key", default="caption")
     info.add_argument("--count", type=int, default=5, help="captions to print")
     info.set_defaults(run=run_info)
 
 
-def _reports_user_errors(run):
-    """Bad input (missing dataset, bad name, ...) ends with one message, not a traceback."""
-
-    @functools.wraps(run)
-    def wrapped(args: argparse.Namespace) -> int:
-        try:
-            return run(args)
-        except (FileNotFoundError, FileExistsError, KeyError, ValueError) as error:
-            message = error.args[0] if isinstance(error, KeyError) and error.args else error
-            print(f"imagen-jax data {args.data_command}: error: {message}", file=sys.stderr)
-            return 2
-
-    return wrapped
-
-
-@_reports_user_errors
 def run_shapes(args: argparse.Namespace) -> int:
     from imagen_jax.data.shapes_builder import prepare_shapes
 
@@ -94,7 +76,6 @@ def run_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reports_user_errors
 def run_import(args: argparse.Namespace) -> int:
     from imagen_jax.data.importer import import_dataset
 
@@ -116,7 +97,6 @@ def run_import(args: argparse.Namespace) -> int:
     return 0
 
 
-@_reports_user_errors
 def run_info(args: argparse.Namespace) -> int:
     from imagen_jax.data.sources import data_source, get_path, open_builder
     from imagen_jax.data.transforms import caption_text

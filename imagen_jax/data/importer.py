@@ -125,7 +125,7 @@ def list_table(
         if image_column not in row or caption_column not in row:
             raise KeyError(
                 f"Row {number} of {table} lacks column {image_column!r} or {caption_column!r} (it has "
-                f"{sorted(row)}); name the columns with --image_column / --caption_column."
+                f"{sorted(row)}); name the columns with --image-column / --caption-column."
             )
         name = str(row[image_column])
         path = os.path.join(base, os.path.expanduser(name))
@@ -252,7 +252,7 @@ def import_dataset(
     report = ImportReport()
     if storage.is_remote(storage.path(source)):
         raise ValueError(f"{os.fspath(source)!r}: the images to import are read from a local folder or table; copy "
-                         "them here first (`gcloud storage cp -r SRC DIR`). The output --data_dir may be gs://.")
+                         "them here first (`gcloud storage cp -r SRC DIR`). The output --data-dir may be gs://.")
     if os.path.isdir(source):
         items = list_folder(source, report)
     elif os.path.isfile(source):
@@ -297,7 +297,7 @@ def import_dataset(
             raise
         raise ValueError(
             f"No readable image in split(s) {empty}; nothing was written. {report.summary()} "
-            "Fix or remove the unreadable files, or change --test_size / --seed."
+            "Fix or remove the unreadable files, or change --test-size / --seed."
         ) from None
     if report.unreadable or report.missing_caption or report.missing_file:
         log.warning(report.summary())

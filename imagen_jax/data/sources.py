@@ -35,11 +35,6 @@ class RandomAccessSource(Protocol):
     def __getitem__(self, index: int) -> Any: ...
 
 
-def default_data_dir() -> str:
-    """Where datasets live by default: $IMAGEN_JAX_DATA_DIR, else ~/imagen_jax_data."""
-    return resolve_data_dir(None)
-
-
 def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> str:
     """`data_dir`, else $IMAGEN_JAX_DATA_DIR, else ~/imagen_jax_data: gs:// as given, a local
     path absolute with ~ expanded (storage.path)."""
@@ -98,7 +93,7 @@ def _shapes_builder(name: str, data_dir: str, prepare: bool, num_workers: int | 
             raise FileNotFoundError(
                 f"Shapes dataset {name!r} is not prepared in {data_dir}. Prepare it with "
                 f"`imagen-jax data shapes --resolution {builder.builder_config.resolution} "
-                f"--data_dir {data_dir}` (or set data.prepare_shapes=True)."
+                f"--data-dir {data_dir}` (or set data.prepare_shapes=True)."
             )
         builder = prepare_builder(make_builder, data_dir)
     return builder

@@ -1,4 +1,4 @@
-"""The pure functional diffusion core: schedules, forward process, losses, samplers (SPEC 3)."""
+"""The pure functional diffusion core: schedules, forward process, losses, samplers (design.md §3)."""
 
 from imagen_jax.diffusion.guidance import denoise, drop_text, guided_output, null_text
 from imagen_jax.diffusion.losses import diffusion_loss, min_snr_weight, per_example_loss
@@ -6,7 +6,6 @@ from imagen_jax.diffusion.parameterization import (
     eps_from_v,
     eps_from_x,
     target_for,
-    to_eps,
     v_from_x_eps,
     x_from_eps,
     x_from_v,
@@ -66,7 +65,6 @@ __all__ = [
     "static_threshold",
     "target_for",
     "time_at_logsnr",
-    "to_eps",
     "transition",
     "v_from_x_eps",
     "x_from_eps",

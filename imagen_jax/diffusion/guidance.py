@@ -1,4 +1,4 @@
-"""Classifier-free guidance and the denoised estimate a sampler steps with (SPEC 3).
+"""Classifier-free guidance and the denoised estimate a sampler steps with (design.md §3).
 
 A model function has the signature `model_fn(z, logsnr, cond) -> output`, with z [B, ...],
 logsnr [B] and `cond` any pytree whose leaves have a leading batch axis (or None); the
@@ -15,7 +15,7 @@ from imagen_jax.diffusion.thresholding import apply_threshold
 
 
 def guided_output(model_fn, z, logsnr, cond, uncond, guidance_weight):
-    """Imagen's guidance: w * f(z, c) + (1 - w) * f(z, empty); w = 1 is off (SPEC 3).
+    """Imagen's guidance: w * f(z, c) + (1 - w) * f(z, empty); w = 1 is off (design.md §3).
 
     The conditional and unconditional passes run as ONE model call on a doubled batch.
     With `uncond=None` there is one pass and `guidance_weight` is ignored. Combining the
@@ -43,7 +43,7 @@ def denoise(
     threshold: str = "dynamic",
     quantile: float = 0.995,
 ):
-    """(x_hat, eps_hat) at z_t: guided, then x_hat thresholded (SPEC 3).
+    """(x_hat, eps_hat) at z_t: guided, then x_hat thresholded (design.md §3).
 
     Each is read from the model output in its own parameterization (no division by a
     vanishing alpha or sigma where avoidable); after thresholding, eps_hat is recomputed
@@ -65,7 +65,7 @@ def denoise(
 
 
 def null_text(text_embedding, text_mask):
-    """The empty condition of classifier-free guidance (SPEC 2): zeroed embeddings, no valid
+    """The empty condition of classifier-free guidance (design.md §2): zeroed embeddings, no valid
     token. Used both for the 10% text dropout in training and for the unconditional pass
     in sampling, so the two always agree. [B, L, D], [B, L] -> same shapes."""
     return jnp.zeros_like(text_embedding), jnp.zeros_like(text_mask)

@@ -1,4 +1,4 @@
-"""The denoising training loss (SPEC 3): MSE on eps by default; x or v targets and
+"""The denoising training loss (design.md §3): MSE on eps by default; x or v targets and
 min-SNR weighting (Hang et al. 2023) with an optional floor as options, off by default."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Conversions between the eps, x (x0) and v parameterizations (SPEC 3).
+"""Conversions between the eps, x (x0) and v parameterizations (design.md §3).
 
 With alpha_t^2 + sigma_t^2 = 1 and z_t = alpha_t x + sigma_t eps:
   x = (z_t - sigma_t eps) / alpha_t       eps = (z_t - alpha_t x) / sigma_t
@@ -41,17 +41,6 @@ def x_from_v(z, v, logsnr):
 def eps_from_v(z, v, logsnr):
     alpha, sigma = _alpha_sigma(logsnr, z)
     return sigma * z + alpha * v
-
-
-def to_eps(prediction: str, z, output, logsnr):
-    """The eps implied by a model `output` of kind `prediction` ("eps", "x" or "v")."""
-    if prediction == "eps":
-        return output
-    if prediction == "x":
-        return eps_from_x(z, output, logsnr)
-    if prediction == "v":
-        return eps_from_v(z, output, logsnr)
-    raise ValueError(f"unknown prediction {prediction!r}; use one of {PREDICTIONS}")
 
 
 def target_for(prediction: str, x, eps, logsnr):

@@ -1,4 +1,4 @@
-"""The variance-preserving forward process, its transitions and its posterior (SPEC 3).
+"""The variance-preserving forward process, its transitions and its posterior (design.md §3).
 
 All functions take log-SNR values (scalars or arrays broadcastable against the data's
 leading batch axis, e.g. shape [B]) and data arrays of shape [B, ...]. Log-SNR arrays
@@ -21,7 +21,7 @@ def broadcast_to_data(value, data):
 
 
 def q_sample(x, logsnr, noise):
-    """Forward marginal q(z_t | x): z_t = alpha_t x + sigma_t eps (SPEC 3, forward)."""
+    """Forward marginal q(z_t | x): z_t = alpha_t x + sigma_t eps (design.md §3, forward)."""
     alpha, sigma = alpha_sigma(broadcast_to_data(logsnr, x))
     return alpha * x + sigma * noise
 
@@ -29,7 +29,7 @@ def q_sample(x, logsnr, noise):
 def transition(z_s, logsnr_s, logsnr_t):
     """q(z_t | z_s) for s < t (logsnr_t < logsnr_s): returns (mean, variance).
 
-    mean = (alpha_t / alpha_s) z_s ; variance = (1 - e^{lambda_t - lambda_s}) sigma_t^2 (SPEC 3).
+    mean = (alpha_t / alpha_s) z_s ; variance = (1 - e^{lambda_t - lambda_s}) sigma_t^2 (design.md §3).
     """
     logsnr_s = broadcast_to_data(logsnr_s, z_s)
     logsnr_t = broadcast_to_data(logsnr_t, z_s)
@@ -40,7 +40,7 @@ def transition(z_s, logsnr_s, logsnr_t):
 
 
 def posterior(z_t, x, logsnr_t, logsnr_s):
-    """q(z_s | z_t, x) for s < t: returns (mean, variance) (SPEC 3, posterior).
+    """q(z_s | z_t, x) for s < t: returns (mean, variance) (design.md §3, posterior).
 
     r = e^{lambda_t - lambda_s}
     mean = r (alpha_s / alpha_t) z_t + (1 - r) alpha_s x ; variance = (1 - r) sigma_s^2.

@@ -100,7 +100,7 @@ class SamplerConfig:
 
 
 def ancestral_update(z_t, x_hat, logsnr_t, logsnr_s, noise, gamma=0.0):
-    """z_s = mu(z_t, x_hat) + sqrt(var_post^(1-gamma) var_trans^gamma) * noise (SPEC 3).
+    """z_s = mu(z_t, x_hat) + sqrt(var_post^(1-gamma) var_trans^gamma) * noise (design.md §3).
 
     `noise` must be a FRESH standard normal draw for this step.
     """

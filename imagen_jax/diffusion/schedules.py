@@ -1,4 +1,4 @@
-"""Noise schedules as log-SNR functions of continuous time t in [0, 1] (SPEC 3).
+"""Noise schedules as log-SNR functions of continuous time t in [0, 1] (design.md §3).
 
 Everything downstream works in log-SNR lambda = log(alpha^2 / sigma^2), with the
 variance-preserving identities alpha^2 = sigmoid(lambda), sigma^2 = sigmoid(-lambda).
@@ -25,7 +25,7 @@ def alpha_sigma(logsnr):
 
 
 def cosine_logsnr(t, *, s: float = 0.008, logsnr_min: float = -20.0, logsnr_max: float = 20.0):
-    """Continuous cosine schedule of Improved DDPM (SPEC 3), kept exact with the f(0) term.
+    """Continuous cosine schedule of Improved DDPM (design.md §3), kept exact with the f(0) term.
 
     alpha_bar(t) = f(t) / f(0), f(t) = cos^2(theta_t), theta_t = pi/2 (t + s)/(1 + s), so
     lambda(t) = log(cos^2 theta_t / (cos^2 theta_0 - cos^2 theta_t))
@@ -50,7 +50,7 @@ def linear_logsnr(
     logsnr_min: float = -20.0,
     logsnr_max: float = 20.0,
 ):
-    """DDPM's linear beta schedule taken to continuous time (SPEC 3).
+    """DDPM's linear beta schedule taken to continuous time (design.md §3).
 
     beta(t) = N (beta_start + t (beta_end - beta_start)), so
     -log alpha_bar(t) = N beta_start t + N (beta_end - beta_start) t^2 / 2
@@ -68,7 +68,7 @@ def linear_betas(num_steps: int = 1000, beta_start: float = 1e-4, beta_end: floa
 
 
 def alpha_bar_table(betas) -> np.ndarray:
-    """alpha_bar_t = prod_{s <= t} (1 - beta_s) (SPEC 3; NOT a product of the betas)."""
+    """alpha_bar_t = prod_{s <= t} (1 - beta_s) (design.md §3; NOT a product of the betas)."""
     return np.cumprod(1.0 - np.asarray(betas, np.float64))
 
 

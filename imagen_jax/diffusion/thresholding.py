@@ -1,4 +1,4 @@
-"""Thresholding of the predicted clean image x_hat at each sampling step (SPEC 3)."""
+"""Thresholding of the predicted clean image x_hat at each sampling step (design.md §3)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,7 @@ def upper_quantile(values, q: float):
 
 
 def dynamic_threshold(x, quantile: float = 0.995):
-    """Imagen's dynamic thresholding (SPEC 3), per sample over all non-batch axes.
+    """Imagen's dynamic thresholding (design.md §3), per sample over all non-batch axes.
 
     s = max(quantile(|x_hat|, p), 1); x_hat = clip(x_hat, -s, s) / s.  x: [B, ...].
     """

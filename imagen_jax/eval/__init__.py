@@ -1,7 +1,7 @@
 """Evaluation on the shapes dataset: prompt accuracy (a deterministic pixel analyzer
 checks each image against its prompt) and SR fidelity (PSNR / SSIM vs bicubic)."""
 
-from imagen_jax.eval.image_io import out_of_range_fraction, to_uint8_images
+from imagen_jax.eval.image_io import out_of_range_fraction
 from imagen_jax.eval.image_quality import psnr, ssim
 from imagen_jax.eval.prompt_accuracy import prompt_accuracy
 from imagen_jax.eval.prompt_parser import PromptRequest, RequestedObject, parse_prompt
@@ -21,5 +21,4 @@ __all__ = [
     "psnr",
     "sr_fidelity",
     "ssim",
-    "to_uint8_images",
 ]

@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 
 from imagen_jax import storage
 
@@ -107,25 +106,17 @@ def run(args: argparse.Namespace) -> int:
 
     modes = [m for m in _MODES if getattr(args, m) is not None]
     if len(modes) != 1:
-        print(
-            "imagen-jax eval: error: choose exactly one of --images, --manifest, --dataset-check, --sr-images.",
-            file=sys.stderr,
-        )
-        return 2
-    try:
-        if modes[0] == "sr_images":
-            result = {"sr_fidelity": sr_fidelity(*_load_sr(args))}
-            table = fidelity_table(result["sr_fidelity"])
-        else:
-            images, prompts = _load_pairs(args)
-            accuracy = prompt_accuracy(images, prompts, per_image=args.per_image)
-            result = {"prompt_accuracy": accuracy}
-            table = accuracy_table(accuracy)
-            if args.dataset_check is not None:
-                result["dataset_check"] = {"resolution": args.resolution, "seed": args.seed, "split": args.split}
-    except (FileNotFoundError, ValueError) as error:
-        print(f"imagen-jax eval: error: {error}", file=sys.stderr)
-        return 2
+        raise ValueError("choose exactly one of --images, --manifest, --dataset-check, --sr-images.")
+    if modes[0] == "sr_images":
+        result = {"sr_fidelity": sr_fidelity(*_load_sr(args))}
+        table = fidelity_table(result["sr_fidelity"])
+    else:
+        images, prompts = _load_pairs(args)
+        accuracy = prompt_accuracy(images, prompts, per_image=args.per_image)
+        result = {"prompt_accuracy": accuracy}
+        table = accuracy_table(accuracy)
+        if args.dataset_check is not None:
+            result["dataset_check"] = {"resolution": args.resolution, "seed": args.seed, "split": args.split}
     print(table)
     write_json(result, args.output)
     print(f"wrote {args.output}")

@@ -13,14 +13,6 @@ from imagen_jax import storage
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
-def to_uint8_images(x, value_range: tuple[float, float] = (-1.0, 1.0)) -> np.ndarray:
-    """Float images with values in `value_range` (a diffusion sample: (-1, 1)) -> uint8,
-    rounded and clipped; out-of-range values saturate."""
-    low, high = value_range
-    x = (np.asarray(x, np.float64) - low) * (255.0 / (high - low))
-    return np.clip(np.rint(x), 0, 255).astype(np.uint8)
-
-
 def out_of_range_fraction(x, value_range: tuple[float, float] = (-1.0, 1.0)) -> float:
     """Fraction of values of float images `x` outside `value_range` (they saturate
     when converted to pixels; large with strong guidance and no thresholding)."""

@@ -8,7 +8,10 @@ sizes and positions. Definitions of the reported rates:
 
   correct         fraction of images in which EVERY requested object is matched to a
                   detected object of the requested color AND shape (extra objects are
-                  allowed; see `count`). This is "prompt accuracy".
+                  allowed; see `count`). This is "prompt accuracy" (color+shape).
+  strict          fraction of images in which EVERY stated attribute is right: each
+                  object's color and shape, and its size and position where stated, the
+                  background where stated, and the relation where stated.
   color, shape    fraction of requested objects whose matched object has the right
                   color / shape; `object` = both right (same as `correct` per object).
   one_object, two_object
@@ -42,6 +45,7 @@ from imagen_jax.eval.shape_analyzer import DetectedObject, ImageAnalysis, analyz
 
 _RATES = (
     "correct",
+    "strict",
     "color",
     "shape",
     "object",
@@ -104,10 +108,13 @@ def score_prompt(request: PromptRequest, analysis: ImageAnalysis) -> dict:
     relation = None
     if request.relation is not None:
         relation = all(o["color"] and o["shape"] for o in objects) and _relation_holds(request.relation, *matched)
+    background = None if request.background is None else analysis.background == request.background
+    stated = [v for o in objects for v in o.values()] + [background, relation]
     return {
         "correct": all(o["color"] and o["shape"] for o in objects),
+        "strict": all(v for v in stated if v is not None),
         "objects": objects,
-        "background": None if request.background is None else analysis.background == request.background,
+        "background": background,
         "relation": relation,
         "count": len(analysis.objects) == len(request.objects),
     }
@@ -126,6 +133,7 @@ def summarize(scores: Sequence[dict]) -> dict:
     both = lambda o: o["color"] and o["shape"]  # noqa: E731
     rates = {
         "correct": _rate(s["correct"] for s in scores),
+        "strict": _rate(s["strict"] for s in scores),
         "color": _rate(o["color"] for o in objects),
         "shape": _rate(o["shape"] for o in objects),
         "object": _rate(both(o) for o in objects),

@@ -8,7 +8,7 @@ import math
 from imagen_jax import storage
 
 _RATE_ORDER = (
-    "correct", "color", "shape", "object", "one_object", "two_object", "first_object",
+    "correct", "strict", "color", "shape", "object", "one_object", "two_object", "first_object",
     "second_object", "background", "size", "position", "relation", "count",
 )  # fmt: skip
 

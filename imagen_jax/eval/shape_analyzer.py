@@ -91,7 +91,7 @@ def check_image(image: np.ndarray) -> None:
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(
             f"Expected a uint8 RGB image [H, W, 3], got {image.dtype} {image.shape}; convert model "
-            f"output with imagen_jax.eval.to_uint8_images(x, value_range=(-1, 1)) and drop any alpha channel."
+            f"output with imagen_jax.images.to_uint8(x, value_range=(-1, 1)) and drop any alpha channel."
         )
     if not all(MIN_RESOLUTION <= side <= MAX_RESOLUTION for side in image.shape[:2]):
         raise ValueError(

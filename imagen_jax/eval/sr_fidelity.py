@@ -19,7 +19,7 @@ def _check_batch(name: str, images) -> np.ndarray:
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(
             f"{name} must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}; convert model output "
-            f"with imagen_jax.eval.to_uint8_images(x, value_range=(-1, 1))."
+            f"with imagen_jax.images.to_uint8(x, value_range=(-1, 1))."
         )
     return images
 

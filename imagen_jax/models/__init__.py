@@ -1,4 +1,4 @@
-"""The Imagen UNets (SPEC 4): the ADM-style base `UNet`, the `EfficientUNet` of the SR
+"""The Imagen UNets (design.md §4): the ADM-style base `UNet`, the `EfficientUNet` of the SR
 stages, their layers, and the builder from a config's `model` section."""
 
 from imagen_jax.models.attention import (

@@ -1,4 +1,4 @@
-"""Attention layers over NHWC image features, with padded text tokens masked (SPEC 2, 4).
+"""Attention layers over NHWC image features, with padded text tokens masked (design.md §2, §4).
 
 - `SelfAttention`: image tokens attend to themselves and, when text is given, to the
   LayerNormed, projected text tokens concatenated to the keys and values (base, sr256).

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from imagen_jax.config import is_super_resolution
 from imagen_jax.models.efficient_unet import EfficientUNet
 from imagen_jax.models.unet import UNet
 from imagen_jax.run_once import run_once
@@ -40,10 +41,6 @@ def build_model(model_config: ml_collections.ConfigDict | dict) -> nn.Module:
             fields[key] = jnp.dtype(fields[key])
     fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     return cls(**fields)
-
-
-def is_super_resolution(config: ml_collections.ConfigDict) -> bool:
-    return config.get("stage", "base") == "sr"
 
 
 def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1, text_length: int = 8, *, abstract: bool = False) -> dict[str, Any]:

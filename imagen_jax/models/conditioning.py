@@ -1,5 +1,5 @@
 """What both UNet families share: their conditioning fields, input checks, the
-conditioning embedding, and the SR low-res input (SPEC 2, 4).
+conditioning embedding, and the SR low-res input (design.md §2, §4).
 
 emb = NoiseLevel(logsnr) + AttentionPool(text) [+ AugLevel(aug_logsnr) for SR], where text
 is the T5 output or, with text_context_dim, its one shared projection; and for SR

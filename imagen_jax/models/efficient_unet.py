@@ -1,4 +1,4 @@
-"""The Efficient U-Net of the super-resolution stages (SPEC 4, paper appendix F).
+"""The Efficient U-Net of the super-resolution stages (design.md §4, paper appendix F).
 
 Per level l: channels[l], num_res_blocks[l], strides[l], attention[l].
 - DBlock: strided conv (downsample BEFORE the convs) -> add Dense(emb) -> N ResNet blocks

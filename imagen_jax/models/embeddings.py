@@ -1,4 +1,4 @@
-"""The noise-level embedding: log-SNR (SPEC 3) embedded sinusoidally, then a 2-layer MLP."""
+"""The noise-level embedding: log-SNR (design.md §3) embedded sinusoidally, then a 2-layer MLP."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Parameter count per preset, by jax.eval_shape (no memory), against the paper (SPEC 1).
+"""Parameter count per preset, by jax.eval_shape (no memory), against the paper (design.md §1).
 
     imagen-jax params [--config configs/base64_2b.py ...]
     python -m imagen_jax.models.param_count [--config ...]
@@ -15,7 +15,7 @@ from pathlib import Path
 
 from imagen_jax.config import load_config
 
-# Parameter counts the paper states for its stages (SPEC 1), keyed by preset file name.
+# Parameter counts the paper states for its stages (design.md §1), keyed by preset file name.
 PAPER_PARAMS = {"base64_2b": 2.0e9, "sr256_600m": 600e6, "sr1024_400m": 400e6}
 DEFAULT_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 

@@ -1,4 +1,4 @@
-"""The ResNet block (SPEC 4): GN -> swish -> conv3x3 -> GN [-> scale-shift] -> swish ->
+"""The ResNet block (design.md §4): GN -> swish -> conv3x3 -> GN [-> scale-shift] -> swish ->
 [dropout ->] conv3x3, plus the skip (1x1 conv when the width changes).
 
 With `resample` it is ADM/BigGAN's up/down block: both paths are resampled (nearest 2x up,

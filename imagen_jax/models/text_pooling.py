@@ -1,4 +1,4 @@
-"""Attention pooling of the text sequence into one vector (SPEC 2, path (a)).
+"""Attention pooling of the text sequence into one vector (design.md §2, path (a)).
 
 CLIP-style: after a LayerNorm, the masked mean of the tokens is the query; it attends over
 itself and the valid tokens (it is always a valid key, so an all-padding row gives the

@@ -1,4 +1,4 @@
-"""The base 64x64 UNet (SPEC 4, paper appendix B): ADM (Dhariwal & Nichol 2021) with
+"""The base 64x64 UNet (design.md §4, paper appendix B): ADM (Dhariwal & Nichol 2021) with
 BigGAN-style up/down ResNet blocks, scale-shift norm, and self-attention whose keys and
 values also hold the text tokens, at the configured resolutions."""
 

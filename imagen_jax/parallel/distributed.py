@@ -1,4 +1,4 @@
-"""Multi-host start-up through JAX's own multi-controller runtime (DESIGN: Shape).
+"""Multi-host start-up through JAX's own multi-controller runtime (design.md §7).
 
 On a TPU pod, `jax.distributed.initialize()` needs no arguments. Elsewhere (GPU clusters,
 two local CPU processes in tests) the coordinator address, process count and process id

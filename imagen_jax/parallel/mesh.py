@@ -1,4 +1,4 @@
-"""The device mesh: named axes (data, fsdp) over all devices of all processes (DESIGN: Shape).
+"""The device mesh: named axes (data, fsdp) over all devices of all processes (design.md §7).
 
 `data` replicates parameters and splits the batch; `fsdp` splits the batch AND shards
 parameters and optimizer state (ZeRO-3 style), so a model too large for one chip fits.

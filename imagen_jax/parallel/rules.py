@@ -1,4 +1,4 @@
-"""Logical axis rules: from the names models put on their arrays to mesh axes (DESIGN: Shape).
+"""Logical axis rules: from the names models put on their arrays to mesh axes (design.md §7).
 
 Models name every parameter dimension (nn.with_logical_partitioning) and their main
 activations (nn.with_logical_constraint) with logical names; a rules list maps each name

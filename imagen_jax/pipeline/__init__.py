@@ -7,7 +7,7 @@ from imagen_jax.pipeline.cascade import (
     load_ema_params,
     read_stage_config,
 )
-from imagen_jax.pipeline.stage_sampler import ModelFn, StageConfig, sample, sample_stage
+from imagen_jax.pipeline.stage_sampler import ModelFn, StageConfig, sample_stage
 
 __all__ = [
     "Cascade",
@@ -17,6 +17,5 @@ __all__ = [
     "WorkdirError",
     "load_ema_params",
     "read_stage_config",
-    "sample",
     "sample_stage",
 ]

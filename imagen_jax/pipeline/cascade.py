@@ -5,7 +5,7 @@
 
 A stage workdir is what `imagen-jax train` writes: config.json and checkpoints/<step>/, local
 or gs://.
-Only the EMA params of the checkpoint are read (SPEC: samples use the EMA). Every stage
+Only the EMA params of the checkpoint are read (design.md §3: samples use the EMA). Every stage
 samples with its `sampling` section (sampler, steps, threshold, guidance weight, SR aug
 level); `stage_settings` change them per stage.
 """
@@ -25,8 +25,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imagen_jax import storage
+from imagen_jax.config import upgrade_saved_config
 from imagen_jax.images import to_uint8
-from imagen_jax.pipeline.stage_sampler import StageConfig, sample
+from imagen_jax.pipeline.stage_sampler import StageConfig, sample_stage
 
 
 class WorkdirError(ValueError):
@@ -40,7 +41,7 @@ def read_stage_config(workdir: str) -> dict:
         if not path.parent.exists():
             raise WorkdirError(f"Stage workdir {workdir!r} does not exist; pass the --workdir of an `imagen-jax train` run.")
         raise WorkdirError(f"{workdir!r} has no config.json: it is not an `imagen-jax train` workdir.")
-    return json.loads(path.read_text())
+    return upgrade_saved_config(json.loads(path.read_text()))
 
 
 def load_ema_params(workdir: str, config: dict, step: int | None = None, sharding=None):
@@ -201,8 +202,8 @@ class Cascade:
         """Stage `index` on one batch: float32 [B, S, S, 3] in [-1, 1] (host array).
         `config` replaces the stage's StageConfig (e.g. another guidance weight)."""
         put = functools.partial(self._put, batch=len(text_embedding))
-        x = sample(self.params[index], put(text_embedding), put(text_mask), key,
-                   config=config or self.stages[index], low_res=None if low_res is None else put(low_res))
+        x = sample_stage(self.params[index], put(text_embedding), put(text_mask), key,
+                         config=config or self.stages[index], low_res=None if low_res is None else put(low_res))
         return np.asarray(x)
 
     def run_stage_batched(self, index: int, text_embedding, text_mask, key, *, batch_size: int, low_res=None,

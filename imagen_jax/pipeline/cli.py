@@ -90,26 +90,23 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
 
 
 def run(args) -> int:
-    from imagen_jax.pipeline.cascade import Cascade, WorkdirError
+    from imagen_jax.pipeline.cascade import Cascade
     from imagen_jax.pipeline.outputs import write_images
 
-    try:
-        prompts = read_prompts(args.prompt, args.prompts_file)
-        for workdir in args.workdir:
-            storage.check_access(workdir, write=False)
-        storage.check_access(args.out, write=True)
-        settings = parse_settings(args.set, len(args.workdir))
-        cascade = Cascade.from_workdirs(args.workdir)
-        changes = _stage_changes(cascade, settings)
-        for i, (stage, change) in enumerate(zip(cascade.stages, changes)):
-            stage = dataclasses.replace(stage, **change)
-            print(f"stage {i} {cascade.names[i]}: {stage.image_size} px, {stage.sampler.kind} "
-                  f"{stage.sampler.num_steps} steps, w={stage.guidance_weight:g}, threshold={stage.sampler.threshold}"
-                  + (f", aug_level={stage.aug_level:g}" if stage.is_super_resolution else ""), file=sys.stderr)
-        output = cascade.sample(prompts, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
-                                stage_settings=changes)
-    except (WorkdirError, FileNotFoundError, ValueError) as error:  # StorageError is a ValueError
-        raise SystemExit(f"imagen-jax sample: {error}") from None
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    for workdir in args.workdir:
+        storage.check_access(workdir, write=False)
+    storage.check_access(args.out, write=True)
+    settings = parse_settings(args.set, len(args.workdir))
+    cascade = Cascade.from_workdirs(args.workdir)
+    changes = _stage_changes(cascade, settings)
+    for i, (stage, change) in enumerate(zip(cascade.stages, changes)):
+        stage = dataclasses.replace(stage, **change)
+        print(f"stage {i} {cascade.names[i]}: {stage.image_size} px, {stage.sampler.kind} "
+              f"{stage.sampler.num_steps} steps, w={stage.guidance_weight:g}, threshold={stage.sampler.threshold}"
+              + (f", aug_level={stage.aug_level:g}" if stage.is_super_resolution else ""), file=sys.stderr)
+    output = cascade.sample(prompts, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
+                            stage_settings=changes)
     for i, images in enumerate(output.images[:-1]):
         write_images(storage.join(args.out, "stages", f"{i}_{cascade.names[i]}"), prompts, images, upscale_to=64)
     write_images(args.out, prompts, output.final, upscale_to=64)

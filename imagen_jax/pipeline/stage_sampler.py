@@ -1,8 +1,8 @@
 """One cascade stage's sampler as a pure function of (params, text, key): the library API
-for import use (SPEC 3: guidance, thresholding; SR: noise conditioning augmentation).
+for import use (design.md §3: guidance, thresholding; SR: noise conditioning augmentation).
 
     stage = StageConfig.from_config(train_config)          # static, hashable
-    images = sample(params, text_embedding, text_mask, key, config=stage, low_res=...)
+    images = sample_stage(params, text_embedding, text_mask, key, config=stage, low_res=...)
 """
 
 from __future__ import annotations
@@ -13,8 +13,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from imagen_jax.config import is_super_resolution
 from imagen_jax.diffusion import SamplerConfig, Schedule, null_text, q_sample
-from imagen_jax.diffusion import sample as run_sampler
+from imagen_jax.diffusion import sample as diffusion_sample
 
 
 def _section_getter(config):
@@ -56,10 +57,10 @@ class StageConfig:
     """Everything static about sampling one stage (hashable: a compile-cache key).
 
     model: the stage's flax module. image_size: output side (an SR stage may sample at a
-    larger size than it trained on: its UNet is convolutional, SPEC 4 sr1024).
+    larger size than it trained on: its UNet is convolutional, design.md §4, sr1024).
     low_res_size: the side of the conditioning image it expects (0: a base stage).
-    guidance_weight: Imagen's w (1 = no guidance, SPEC 3). aug_level: SR noise-conditioning
-    level in [0, 1] of `aug_schedule` (0 = clean input; SPEC 3: 0 best FID, 0.1-0.3 best looking).
+    guidance_weight: Imagen's w (1 = no guidance, design.md §3). aug_level: SR noise-conditioning
+    level in [0, 1] of `aug_schedule` (0 = clean input; design.md §3: 0 best FID, 0.1-0.3 best looking).
     """
 
     model: Any
@@ -91,11 +92,10 @@ class StageConfig:
 
         get = _section_getter(config)
         sampler = sampler_from_config(config)
-        stage = config.get("stage", "base")
         fields = dict(
             model=build_model(config["model"]),
             image_size=int(get("sampling", "image_size", 0) or config["resolution"]),
-            low_res_size=int(config["low_res_resolution"]) if stage == "sr" else 0,
+            low_res_size=int(config["low_res_resolution"]) if is_super_resolution(config) else 0,
             sampler=sampler,
             guidance_weight=float(get("sampling", "guidance_weight", 1.0)),
             aug_level=float(get("sampling", "aug_level", 0.0)),
@@ -108,65 +108,39 @@ class StageConfig:
         return cls(**{**fields, **changes})
 
 
-def sample_stage(
-    model,
-    params,
-    text_embedding,
-    text_mask,
-    key,
-    *,
-    image_size: int,
-    sampler: SamplerConfig = SamplerConfig(),
-    guidance_weight=1.0,
-    low_res=None,
-    aug_level: float = 0.0,
-    aug_schedule: Schedule = Schedule("cosine"),
-    channels: int = 3,
-):
-    """Images [B, image_size, image_size, channels] float32 in [-1, 1] (thresholded x_hat).
-
-    text_embedding [B, L, D], text_mask [B, L] bool; guidance uses `null_text` as the empty
-    condition (w = 1: no unconditional pass). SR stages: low_res [B, h, w, 3] in [-1, 1] is
-    corrupted to `aug_level` (a time in [0, 1] of `aug_schedule`; 0 = clean, SPEC 3) with
-    its own noise and passed with its log-SNR, to both guidance passes alike.
-    """
-    batch = text_embedding.shape[0]
-    cond = {"text_embedding": text_embedding, "text_mask": text_mask}
-    empty_embedding, empty_mask = null_text(text_embedding, text_mask)
-    uncond = {"text_embedding": empty_embedding, "text_mask": empty_mask}
-    sample_key, aug_key = jax.random.split(key)
-    if low_res is not None:
-        aug_logsnr = jnp.full((batch,), aug_schedule(jnp.float32(aug_level)), jnp.float32)
-        noisy = q_sample(low_res, aug_logsnr, jax.random.normal(aug_key, low_res.shape, low_res.dtype))
-        cond = dict(cond, low_res=noisy, aug_logsnr=aug_logsnr)
-        uncond = dict(uncond, low_res=noisy, aug_logsnr=aug_logsnr)
-    use_guidance = not (isinstance(guidance_weight, (int, float)) and guidance_weight == 1.0)
-    return run_sampler(
-        jax.tree_util.Partial(ModelFn(model), params),
-        sample_key,
-        (batch, image_size, image_size, channels),
-        config=sampler,
-        cond=cond,
-        uncond=uncond if use_guidance else None,
-        guidance_weight=guidance_weight,
-    )
-
-
-def sample(params, text_embedding, text_mask, key, *, config: StageConfig, low_res=None):
-    """One stage: images [B, S, S, C] float32 in [-1, 1], S = config.image_size.
+def sample_stage(params, text_embedding, text_mask, key, *, config: StageConfig, low_res=None):
+    """One stage: images [B, S, S, C] float32 in [-1, 1] (the last thresholded x_hat), S = config.image_size.
 
     text_embedding [B, L, D] float, text_mask [B, L] bool (from TextEncoder.encode); key a
     jax PRNG key; low_res [B, h, w, C] in [-1, 1] for an SR stage (the previous stage's
-    output; the UNet resizes it to S). Pure: same inputs, same images.
+    output; the UNet resizes it to S). Guidance (w = config.guidance_weight; 1: no
+    unconditional pass) uses `null_text` as the empty condition. An SR stage's low_res is
+    corrupted to config.aug_level (a time in [0, 1] of config.aug_schedule; 0 = clean,
+    design.md §3) with its own noise and passed with its log-SNR to both guidance passes
+    alike. Pure: same inputs, same images.
     """
     if config.is_super_resolution and low_res is None:
         raise ValueError("This is a super-resolution stage: pass low_res=[B, h, w, 3] (the previous stage's images).")
     if not config.is_super_resolution and low_res is not None:
         raise ValueError("This is a base stage: it takes no low_res input.")
-    if low_res is not None and low_res.shape[0] != text_embedding.shape[0]:
-        raise ValueError(f"low_res has {low_res.shape[0]} images for {text_embedding.shape[0]} text embeddings.")
-    return sample_stage(
-        config.model, params, text_embedding, text_mask, key,
-        image_size=config.image_size, sampler=config.sampler, guidance_weight=config.guidance_weight,
-        low_res=low_res, aug_level=config.aug_level, aug_schedule=config.aug_schedule, channels=config.channels,
+    batch = text_embedding.shape[0]
+    if low_res is not None and low_res.shape[0] != batch:
+        raise ValueError(f"low_res has {low_res.shape[0]} images for {batch} text embeddings.")
+    cond = {"text_embedding": text_embedding, "text_mask": text_mask}
+    empty_embedding, empty_mask = null_text(text_embedding, text_mask)
+    uncond = {"text_embedding": empty_embedding, "text_mask": empty_mask}
+    sample_key, aug_key = jax.random.split(key)
+    if low_res is not None:
+        aug_logsnr = jnp.full((batch,), config.aug_schedule(jnp.float32(config.aug_level)), jnp.float32)
+        noisy = q_sample(low_res, aug_logsnr, jax.random.normal(aug_key, low_res.shape, low_res.dtype))
+        cond = dict(cond, low_res=noisy, aug_logsnr=aug_logsnr)
+        uncond = dict(uncond, low_res=noisy, aug_logsnr=aug_logsnr)
+    return diffusion_sample(
+        jax.tree_util.Partial(ModelFn(config.model), params),
+        sample_key,
+        (batch, config.image_size, config.image_size, config.channels),
+        config=config.sampler,
+        cond=cond,
+        uncond=None if config.guidance_weight == 1.0 else uncond,
+        guidance_weight=config.guidance_weight,
     )

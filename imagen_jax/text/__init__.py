@@ -1,4 +1,4 @@
-"""Text conditioning (SPEC 2): a frozen T5 encoder in Flax that reads Hugging Face T5
+"""Text conditioning (design.md §2): a frozen T5 encoder in Flax that reads Hugging Face T5
 checkpoints, its tokenizers, and the offline embedding cache."""
 
 from imagen_jax.text.axes import LOGICAL_AXES

@@ -1,4 +1,4 @@
-"""Logical axis names of the T5 encoder, in one place (DESIGN: parameters carry logical
+"""Logical axis names of the T5 encoder, in one place (design.md §7: parameters carry logical
 axis names; the training config maps them to mesh axes with flax's logical axis rules).
 
 Parameters use the first six names; activations use 'batch', 'length' and 'embed'.

@@ -11,7 +11,7 @@ ACTIVATIONS = ("relu", "gelu", "gelu_new", "silu", "swish")
 
 @dataclasses.dataclass(frozen=True)
 class T5EncoderConfig:
-    """Shape of a T5 encoder (SPEC 2). Defaults are T5 1.0 small.
+    """Shape of a T5 encoder (design.md §2). Defaults are T5 1.0 small.
 
     feed_forward_proj: "relu" (T5 1.0: wi -> ReLU -> wo) or "gated-gelu" (T5 v1.1, Flan-T5,
     ByT5: gelu_tanh(wi_0 x) * wi_1 x -> wo); any "[gated-]<act>" of ACTIVATIONS.
@@ -78,7 +78,7 @@ class T5EncoderConfig:
 
 
 # Encoder shapes of the public T5 v1.1 checkpoints (google/t5-v1_1-*; Flan-T5 has the same
-# shapes). Imagen uses XXL (SPEC 2). Architectures only: weights come from the checkpoints.
+# shapes). Imagen uses XXL (design.md §2). Architectures only: weights come from the checkpoints.
 T5_V1_1_CONFIGS: dict[str, T5EncoderConfig] = {
     f"t5-v1_1-{size}": T5EncoderConfig(
         vocab_size=32128, d_model=d_model, d_kv=64, d_ff=d_ff, num_layers=layers, num_heads=heads,

@@ -29,17 +29,17 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--dataset_dir", help="prepared TFDS dataset version directory (holds dataset_info.json)")
-    source.add_argument("--dataset", help="TFDS dataset name[/config][:version], found under --data_dir")
-    parser.add_argument("--data_dir", default=None, help="TFDS data directory for --dataset (default: TFDS's)")
+    source.add_argument("--dataset-dir", help="prepared TFDS dataset version directory (holds dataset_info.json)")
+    source.add_argument("--dataset", help="TFDS dataset name[/config][:version], found under --data-dir")
+    parser.add_argument("--data-dir", default=None, help="TFDS data directory for --dataset (default: TFDS's)")
     parser.add_argument("--splits", default=None, help="comma-separated splits (default: all)")
     parser.add_argument(
         "--encoder", default=TINY_RANDOM_BYT5, help="built-in encoder name, Hugging Face T5 directory, or hub id"
     )
-    parser.add_argument("--max_length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per caption")
-    parser.add_argument("--batch_size", type=int, default=256, help="captions per encoder call")
+    parser.add_argument("--max-length", type=int, default=DEFAULT_MAX_LENGTH, help="tokens per caption")
+    parser.add_argument("--batch-size", type=int, default=256, help="captions per encoder call")
     parser.add_argument("--dtype", choices=sorted(CACHE_DTYPES), default="float16", help="stored embedding dtype")
-    parser.add_argument("--caption_key", default="caption", help="feature holding the caption text")
+    parser.add_argument("--caption-key", default="caption", help="feature holding the caption text")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing cache")
     parser.set_defaults(run=run)
 
@@ -60,7 +60,7 @@ def caption_records(builder, split: str, caption_key: str):
 
     features = builder.info.features
     if caption_key not in features:
-        raise SystemExit(f"The dataset has no feature {caption_key!r} (it has {sorted(features)}); pass --caption_key.")
+        raise ValueError(f"The dataset has no feature {caption_key!r} (it has {sorted(features)}); pass --caption-key.")
     # Images stay undecoded (the costly part); nested features (dicts, sequences) cannot take
     # SkipDecoding and are small, so they are decoded.
     skip = {
@@ -79,7 +79,7 @@ def run(args) -> int:
     splits = args.splits.split(",") if args.splits else available
     unknown = sorted(set(splits) - set(available))
     if unknown:
-        raise SystemExit(f"Unknown split(s) {unknown}; the dataset has {available}.")
+        raise ValueError(f"Unknown split(s) {unknown}; the dataset has {available}.")
     encoder = load_text_encoder(args.encoder, max_length=args.max_length)
     for split in splits:
         out_dir = embedding_cache_dir(str(builder.data_dir), encoder.name, split)

@@ -1,4 +1,4 @@
-"""Offline text-embedding cache (SPEC 2: "embeddings may be precomputed offline").
+"""Offline text-embedding cache (design.md §2: "embeddings may be precomputed offline").
 
 Captions are encoded once and stored beside the dataset, so training never runs T5 per step.
 

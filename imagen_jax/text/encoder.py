@@ -1,5 +1,5 @@
 """TextEncoder: prompts -> (embeddings [B, L, D] float32, mask [B, L] bool), jitted and
-sharded over the batch across all local devices (SPEC 2: frozen, encoded once per prompt).
+sharded over the batch across all local devices (design.md §2: frozen, encoded once per prompt).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The T5 encoder stack as flax.linen modules, weight-compatible with Hugging Face T5.
 
-Architecture (Raffel et al. 2020, T5 v1.1 / ByT5 changes; SPEC 2): token embedding ->
+Architecture (Raffel et al. 2020, T5 v1.1 / ByT5 changes; design.md §2): token embedding ->
 N pre-norm blocks [RMS norm -> self-attention (no 1/sqrt(d) scaling, plus a relative
 position bias computed once from the shared bucket table) -> residual; RMS norm ->
 feed-forward (ReLU or gated GELU) -> residual] -> final RMS norm. Dropout is omitted:

@@ -25,14 +25,11 @@ def add_parser(subparsers) -> None:
 
 def run(args) -> int:
     from imagen_jax.config import apply_overrides, load_config
-    from imagen_jax.train.loop import ConfigMismatchError, TrainingDivergedError, train
+    from imagen_jax.train.loop import train
 
     log_to_stderr(logging.INFO)
-    try:
-        config = apply_overrides(load_config(args.config), args.config_overrides)
-        metrics = train(config, args.workdir, override=args.override, progress=not args.no_progress)
-    except (ConfigMismatchError, TrainingDivergedError, FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"imagen-jax train: {error}") from None
+    config = apply_overrides(load_config(args.config), args.config_overrides)
+    metrics = train(config, args.workdir, override=args.override, progress=not args.no_progress)
     if metrics:
         print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return 0

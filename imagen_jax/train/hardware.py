@@ -1,4 +1,4 @@
-"""Peak dense bf16 FLOP/s per chip (SPEC 6), for MFU = achieved model FLOP/s / peak."""
+"""Peak dense bf16 FLOP/s per chip (design.md §6), for MFU = achieved model FLOP/s / peak."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The training loop: `train(config, workdir)` for one cascade stage (DESIGN: Shape).
+"""The training loop: `train(config, workdir)` for one cascade stage (design.md §7).
 
 It joins the multi-host runtime, builds the mesh, the text-embedding cache (encoded once,
 on first use), the Grain input pipeline and the train state (born sharded), restores the
@@ -26,6 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from imagen_jax import config as config_lib
 from imagen_jax import storage
+from imagen_jax.config import is_super_resolution
 from imagen_jax.images import make_grid, save_png, to_uint8
 from imagen_jax.models import build_model, dummy_inputs
 from imagen_jax.parallel import (
@@ -36,7 +37,7 @@ from imagen_jax.parallel import (
     make_mesh,
     rules_from_config,
 )
-from imagen_jax.pipeline.stage_sampler import sample_stage, sampler_from_config
+from imagen_jax.pipeline.stage_sampler import StageConfig, sample_stage
 from imagen_jax.train.checkpoints import Checkpoints, abstract_like
 from imagen_jax.train.hardware import peak_tflops
 from imagen_jax.train.optimizers import make_optimizer
@@ -55,7 +56,7 @@ class ConfigMismatchError(ValueError):
     """The workdir holds a run made with another config."""
 
 
-class TrainingDivergedError(RuntimeError):
+class TrainingDivergedError(FloatingPointError):
     """Too many non-finite losses in a row."""
 
 
@@ -65,7 +66,7 @@ def check_workdir_config(config, workdir: str, override: bool) -> None:
     path = storage.path(workdir) / "config.json"
     given = config_lib.to_dict(config)
     if path.exists():
-        saved = json.loads(path.read_text())
+        saved = config_lib.upgrade_saved_config(json.loads(path.read_text()))
         diff = config_lib.config_diff(saved, given)
         if diff and not override:
             raise ConfigMismatchError(
@@ -130,7 +131,7 @@ def abstract_batch(config, global_batch: int, text_dim: int) -> dict:
         "text_embedding": jax.ShapeDtypeStruct((global_batch, length, text_dim), jnp.float32),
         "text_mask": jax.ShapeDtypeStruct((global_batch, length), jnp.bool_),
     }
-    if config.get("stage", "base") == "sr":
+    if is_super_resolution(config):
         low = config.low_res_resolution
         batch["low_res"] = jax.ShapeDtypeStruct((global_batch, low, low, 3), jnp.float32)
     return batch
@@ -217,7 +218,7 @@ def preview_inputs(config, encoder):
     prompts = list(config.train.sample_prompts)
     embedding, mask = encoder.encode(prompts)
     inputs = {"prompts": prompts, "text_embedding": np.asarray(embedding), "text_mask": np.asarray(mask)}
-    if config.get("stage", "base") == "sr":
+    if is_super_resolution(config):
         data = config.data.copy_and_resolve_references()
         data.shuffle, data.num_workers, data.random_crop = False, 0, False
         it = iter(dataset_from_config(data, batch_size=len(prompts), process_index=0, process_count=1,
@@ -234,19 +235,15 @@ def _cache_source(config, encoder):
     return EmbeddingCacheSource(text_embedding_cache(config, encoder))
 
 
-def write_sample_grid(config, model, params, preview, step: int, workdir: str, writer: MetricsWriter,
+def write_sample_grid(config, stage: StageConfig, params, preview, step: int, workdir: str, writer: MetricsWriter,
                       mesh) -> str | None:
-    """Sample the preview prompts with `params` (the EMA) and save a PNG grid; returns its path.
-    Every process runs it (the params are global arrays); the inputs are replicated on `mesh`."""
+    """Sample the preview prompts with `params` (the EMA) through the stage sampler (`stage`:
+    the config's model and `sampling` section) and save a PNG grid; returns its path. Every
+    process runs it (the params are global arrays); the inputs are replicated on `mesh`."""
     replicated = NamedSharding(mesh, PartitionSpec())
     put = lambda name: jax.device_put(np.asarray(preview[name]), replicated)  # noqa: E731
-    images = sample_stage(
-        model, params, put("text_embedding"), put("text_mask"),
-        jax.random.key(config.seed), image_size=config.resolution, sampler=sampler_from_config(config),
-        guidance_weight=float(config.sampling.guidance_weight),
-        low_res=put("low_res") if "low_res" in preview else None,
-        aug_level=float(config.sampling.get("aug_level", 0.0)),
-    )
+    images = sample_stage(params, put("text_embedding"), put("text_mask"), jax.random.key(config.seed),
+                          config=stage, low_res=put("low_res") if "low_res" in preview else None)
     cells = to_uint8(multihost_utils.process_allgather(images, tiled=True))
     columns = None
     if "low_res" in preview:  # rows of (low-res, sample, truth)
@@ -292,7 +289,7 @@ def lower_training(config, mesh, rules, global_batch: int) -> LoweredTraining:
             "--config.train.grad_accum_steps or --config.mesh.data / --config.mesh.fsdp"
         )
     model = build_model(config.model)
-    optimizer, lr_schedule = make_optimizer(config.optimizer)
+    optimizer, lr_schedule = make_optimizer(config.optimizer, config.train.steps)
     init_inputs = dummy_inputs(config, batch=1, text_length=config.data.max_text_length)
 
     def init_params_fn(rng):
@@ -367,7 +364,7 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
 
     root = jax.random.key(config.seed)
     program = compile_training(config, mesh, rules, global_batch, jax.random.fold_in(root, 0))
-    model, state, shardings, compiled = program.model, program.state, program.shardings, program.step
+    state, shardings, compiled = program.state, program.shardings, program.step
     batch_specs, batch_shardings, flops = program.batch_specs, program.batch_shardings, program.flops_per_device
     train_key = jax.random.fold_in(root, 1)
 
@@ -387,6 +384,7 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
 
     peak = peak_tflops(jax.devices()[0].device_kind)
     preview = preview_inputs(config, encoder) if config.train.sample_every else None
+    preview_stage = StageConfig.from_config(config) if preview else None
     writer = MetricsWriter(workdir)
     config_json = config_lib.to_dict(config)
     total = config.train.steps
@@ -427,7 +425,7 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
                         )
                 saved = checkpoints.save(step, state, config_json, iterator, force=step == total)
                 if config.train.sample_every and (step % config.train.sample_every == 0 or step == total):
-                    write_sample_grid(config, model, state.ema_params, preview, step, workdir, writer, mesh)
+                    write_sample_grid(config, preview_stage, state.ema_params, preview, step, workdir, writer, mesh)
                 if preemption.requested_at(step):
                     log.warning("SIGTERM: saving step %d and stopping", step)
                     if not saved:

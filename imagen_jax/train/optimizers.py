@@ -1,4 +1,4 @@
-"""The paper's optimizers and learning-rate schedule (SPEC 1).
+"""The paper's optimizers and learning-rate schedule (design.md §1).
 
 All stages: peak lr 1e-4, 10k-step linear warmup, then cosine decay. Base: Adafactor with
 optax defaults; SR stages: Adam (b1 0.9, b2 0.999, eps 1e-8, no weight decay). Optional
@@ -21,17 +21,18 @@ def learning_rate_schedule(*, peak_lr: float, warmup_steps: int, total_steps: in
     )
 
 
-def make_optimizer(config) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """(optimizer, lr schedule) from an optimizer config section.
+def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """(optimizer, lr schedule) from an optimizer config section; the schedule decays over
+    `total_steps` (the run's train.steps: the horizon is never set apart from the run's length).
 
-    Fields: name ("adafactor" | "adam"), peak_lr, warmup_steps, total_steps, end_lr,
+    Fields: name ("adafactor" | "adam"), peak_lr, warmup_steps, end_lr,
     b1, b2, eps (Adam), grad_clip_norm (0 or None: no clipping).
     """
     name = config.name
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; set --config.optimizer.name to one of {OPTIMIZERS}")
     schedule = learning_rate_schedule(
-        peak_lr=config.peak_lr, warmup_steps=config.warmup_steps, total_steps=config.total_steps,
+        peak_lr=config.peak_lr, warmup_steps=config.warmup_steps, total_steps=total_steps,
         end_lr=config.get("end_lr", 0.0),
     )
     if name == "adafactor":

@@ -1,4 +1,4 @@
-"""The train state and its creation directly in its sharded layout (DESIGN: Shape).
+"""The train state and its creation directly in its sharded layout (design.md §7).
 
 `abstract_sharded_state` traces initialization with jax.eval_shape (no memory) and derives
 a NamedSharding for every leaf from the logical axis names the model put on its parameters

@@ -1,8 +1,8 @@
-"""The pure train step: `train_step(state, batch, key) -> (state, metrics)` (SPEC 2, 3).
+"""The pure train step: `train_step(state, batch, key) -> (state, metrics)` (design.md §2, §3).
 
-Per step: classifier-free text dropout (zeroed text, SPEC 2), for SR stages noise
+Per step: classifier-free text dropout (zeroed text, design.md §2), for SR stages noise
 conditioning augmentation of the low-res image (its own independent noise and a
-per-example aug level, SPEC 3), the diffusion loss, optional gradient accumulation over
+per-example aug level, design.md §3), the diffusion loss, optional gradient accumulation over
 micro-batches, the optimizer update and the EMA. A non-finite loss or gradient skips
 the update (state unchanged but for the counters). All randomness comes from
 fold_in(key, step), so a resumed run draws exactly what an uninterrupted one would.
@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from imagen_jax.config import is_super_resolution
 from imagen_jax.diffusion import Schedule, diffusion_loss, drop_text, q_sample
 from imagen_jax.train.ema import ema_decay_at, ema_update
 from imagen_jax.train.state import TrainState
@@ -34,7 +35,7 @@ def make_train_step(model, optimizer, lr_schedule, config):
     accum = int(config.train.get("grad_accum_steps", 1))
     ema_decay = config.train.get("ema_decay", 0.9999)
     ema_warmup = config.train.get("ema_warmup", True)
-    is_sr = config.get("stage", "base") == "sr"
+    is_sr = is_super_resolution(config)
 
     def loss_fn(params, batch, key):
         drop_key, aug_t_key, aug_noise_key, loss_key, dropout_key = jax.random.split(key, 5)
