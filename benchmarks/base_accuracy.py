@@ -35,8 +35,9 @@ REPO = Path(__file__).resolve().parent.parent
 RATES = ("correct", "color", "shape", "background", "count")
 
 
-def score_images(images, requests, backgrounds) -> tuple[dict, dict[str, collections.Counter], dict[str, list[bool]],
-                                                           list[bool]]:
+def score_images(
+    images, requests, backgrounds
+) -> tuple[dict, dict[str, collections.Counter], dict[str, list[bool]], list[bool]]:
     """One analysis per image -> (prompt-accuracy rates, {asked shape: Counter(read shape
     or "none")} over the one-object prompts, {asked color: [correct per image]}, and for
     each image with a background color in `backgrounds` (one per image, None: none) whether
@@ -62,8 +63,9 @@ def without_background(prompt: str) -> str:
     return re.sub(r" on an? \w+ background$", "", prompt)
 
 
-def score_workdir(workdir: str, prompts, seeds, guidance: float, sampler_changes: dict,
-                  strip_backgrounds: bool = False) -> dict:
+def score_workdir(
+    workdir: str, prompts, seeds, guidance: float, sampler_changes: dict, strip_backgrounds: bool = False
+) -> dict:
     cascade = Cascade.from_workdirs([workdir])
     settings = {"guidance_weight": guidance}
     if sampler_changes:
@@ -85,10 +87,14 @@ def score_workdir(workdir: str, prompts, seeds, guidance: float, sampler_changes
         background_as_object.extend(seed_background)
     rated = {k: [r[k] for r in per_seed if r[k] is not None] for k in RATES}
     mean = {k: float(np.mean(v)) if v else None for k, v in rated.items()}  # None: no prompt states it
-    return {"workdir": workdir, "per_seed": per_seed, "mean": mean,
-            "shape_confusion": {s: dict(c) for s, c in sorted(confusion.items())},
-            "correct_by_color": {c: float(np.mean(v)) for c, v in by_color.items()},
-            "background_color_as_object": float(np.mean(background_as_object)) if background_as_object else None}
+    return {
+        "workdir": workdir,
+        "per_seed": per_seed,
+        "mean": mean,
+        "shape_confusion": {s: dict(c) for s, c in sorted(confusion.items())},
+        "correct_by_color": {c: float(np.mean(v)) for c, v in by_color.items()},
+        "background_color_as_object": float(np.mean(background_as_object)) if background_as_object else None,
+    }
 
 
 _STAGES = object()  # a flag left out: keep the stage's own setting
@@ -108,14 +114,20 @@ def main() -> None:
     parser.add_argument("--sampler", help="ancestral | ddim | dpm_solver_pp_2m (default: the stage's)")
     parser.add_argument("--num-steps", type=int, help="sampler steps (default: the stage's)")
     parser.add_argument("--threshold", help="none | static | dynamic (default: the stage's)")
-    for flag, what in (("--start-logsnr", "log-SNR of the sampler's first step"),
-                       ("--guidance-logsnr-min", "guidance only at log-SNR >= this"),
-                       ("--guidance-logsnr-max", "guidance only at log-SNR <= this")):
-        parser.add_argument(flag, type=optional_float, default=_STAGES,
-                            help=f"{what}; None turns it off (default: the stage's)")
-    parser.add_argument("--strip-backgrounds", action="store_true",
-                        help="sample the prompts without their 'on a ... background' clause (a control: the "
-                             "background-color-as-object rate still checks the removed color)")
+    for flag, what in (
+        ("--start-logsnr", "log-SNR of the sampler's first step"),
+        ("--guidance-logsnr-min", "guidance only at log-SNR >= this"),
+        ("--guidance-logsnr-max", "guidance only at log-SNR <= this"),
+    ):
+        parser.add_argument(
+            flag, type=optional_float, default=_STAGES, help=f"{what}; None turns it off (default: the stage's)"
+        )
+    parser.add_argument(
+        "--strip-backgrounds",
+        action="store_true",
+        help="sample the prompts without their 'on a ... background' clause (a control: the "
+        "background-color-as-object rate still checks the removed color)",
+    )
     parser.add_argument("--out", default=str(REPO / "benchmarks/results/base_accuracy.json"))
     args = parser.parse_args()
     prompts = list(load_config(str(REPO / "configs/demo.py")).eval.prompts)
@@ -138,8 +150,17 @@ def main() -> None:
         stated = r["background_color_as_object"]
         stated = "n/a" if stated is None else f"{stated:.1%}"
         print(f"{r['workdir']}: correct by asked color: {colors}; an object in the stated background's color: {stated}")
-    write_results(args.out, {"prompts": prompts, "strip_backgrounds": args.strip_backgrounds, "seeds": list(seeds),
-                             "guidance_weight": args.guidance, "sampler_changes": changes, "results": results})
+    write_results(
+        args.out,
+        {
+            "prompts": prompts,
+            "strip_backgrounds": args.strip_backgrounds,
+            "seeds": list(seeds),
+            "guidance_weight": args.guidance,
+            "sampler_changes": changes,
+            "results": results,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -38,8 +38,21 @@ def start_server() -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                             "-backend", "memory", "-log-level", "error"])
+    proc = subprocess.Popen(
+        [
+            str(_get_binary_path()),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-backend",
+            "memory",
+            "-log-level",
+            "error",
+        ]
+    )
     url = f"http://127.0.0.1:{port}"
     for _ in range(300):
         try:
@@ -47,8 +60,9 @@ def start_server() -> tuple[subprocess.Popen, str]:
             break
         except OSError:
             time.sleep(0.1)
-    request = urllib.request.Request(f"{url}/storage/v1/b", data=b'{"name": "bench"}', method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/storage/v1/b", data=b'{"name": "bench"}', method="POST", headers={"Content-Type": "application/json"}
+    )
     urllib.request.urlopen(request).close()
     os.environ["STORAGE_EMULATOR_HOST"] = os.environ["TENSORSTORE_GCS_HTTP_URL"] = url
     return proc, url
@@ -73,8 +87,12 @@ def time_checkpoints(directory: str, state, config_json: dict, repeats: int) -> 
         jax.block_until_ready(restored)
         restore.append(time.perf_counter() - start)
     checkpoints.close()
-    return {"save_s": statistics.median(save), "restore_s": statistics.median(restore),
-            "save_all_s": save, "restore_all_s": restore}
+    return {
+        "save_s": statistics.median(save),
+        "restore_s": statistics.median(restore),
+        "save_all_s": save,
+        "restore_all_s": restore,
+    }
 
 
 def main() -> int:
@@ -93,15 +111,18 @@ def main() -> int:
 
     config = load_config(args.config)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
-    program = compile_training(config, mesh, rules_from_config(config.mesh.get("rules", None)),
-                               config.train.batch_size, jax.random.key(0))
+    program = compile_training(
+        config, mesh, rules_from_config(config.mesh.get("rules", None)), config.train.batch_size, jax.random.key(0)
+    )
     state = program.state
     nbytes = sum(x.nbytes for x in jax.tree.leaves(state))
     proc, url = start_server()
     try:
         with tempfile.TemporaryDirectory() as local:
             result = {
-                "config": os.path.relpath(args.config, REPO), "state_mib": nbytes / 2**20, "repeats": args.repeats,
+                "config": os.path.relpath(args.config, REPO),
+                "state_mib": nbytes / 2**20,
+                "repeats": args.repeats,
                 "local": time_checkpoints(os.path.join(local, "checkpoints"), state, to_dict(config), args.repeats),
                 "gcs_emulator": time_checkpoints("gs://bench/run/checkpoints", state, to_dict(config), args.repeats),
                 "server": "fake-gcs-server (memory backend) on 127.0.0.1",
@@ -109,8 +130,10 @@ def main() -> int:
     finally:
         proc.terminate()
     for where in ("local", "gcs_emulator"):
-        print(f"{where:>13}: save {result[where]['save_s']:.3f} s, restore {result[where]['restore_s']:.3f} s "
-              f"(median of {args.repeats}; state {result['state_mib']:.1f} MiB)")
+        print(
+            f"{where:>13}: save {result[where]['save_s']:.3f} s, restore {result[where]['restore_s']:.3f} s "
+            f"(median of {args.repeats}; state {result['state_mib']:.1f} MiB)"
+        )
     if args.json:
         storage.write_text(args.json, json.dumps(result, indent=2) + "\n")
     return 0

@@ -68,7 +68,9 @@ class Architecture:
         if len(self.layer_attns) != levels:
             raise ValueError(f"--layer-attns needs one value per level ({levels}), got {self.layer_attns}")
         if self.image_size % 2 ** (levels - 1):
-            raise ValueError(f"--image-size {self.image_size} must be divisible by 2^(levels - 1) = {2 ** (levels - 1)}")
+            raise ValueError(
+                f"--image-size {self.image_size} must be divisible by 2^(levels - 1) = {2 ** (levels - 1)}"
+            )
 
     def attention_resolutions(self) -> tuple[int, ...]:
         return tuple(self.image_size // 2**level for level, on in enumerate(self.layer_attns) if on)
@@ -86,7 +88,8 @@ def matched_config(arch: Architecture):
     in the middle, 64-channel heads = attn_dim_head, conditioning width 4 * dim (the peer's
     time-embedding width), and resampling by one conv as the peer (resblock_updown=False:
     strided 3x3 conv down, nearest 2x + 3x3 conv up; the peer: pixel-unshuffle + 1x1 conv,
-    1x1 conv + pixel-shuffle), not ADM's resampling ResNet blocks. Training as the peer: Adam (b2 0.99, no clipping), eps
+    1x1 conv + pixel-shuffle), not ADM's resampling ResNet blocks. Training as the peer: Adam (b2 0.99, no clipping),
+    eps
     prediction with min-SNR(5) weights, 10% text dropout, text of text_len tokens."""
     import ml_collections
 
@@ -94,29 +97,31 @@ def matched_config(arch: Architecture):
 
     config = load_config(REPO / "configs" / "shapes_base32.py")  # the training sections of a base stage
     config.resolution = arch.image_size
-    config.model = ml_collections.ConfigDict(dict(
-        family="unet",
-        channels=arch.dim,
-        channel_mult=tuple(arch.dim_mults),
-        num_res_blocks=arch.num_resnet_blocks,
-        attention_resolutions=arch.attention_resolutions(),
-        head_dim=arch.attn_dim_head,
-        num_heads=None,
-        resblock_updown=False,
-        embed_dim=4 * arch.dim,
-        noise_sinusoid_dim=arch.dim,
-        text_dim=arch.text_dim,
-        text_pool_heads=arch.attn_heads,
-        text_context_dim=None,
-        norm_groups=math.gcd(32, arch.dim),
-        dropout=0.0,
-        out_channels=3,
-        low_res_conditioning=False,
-        dtype="float32",
-        param_dtype="float32",
-        remat=False,
-        attention_implementation="auto",
-    ))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            family="unet",
+            channels=arch.dim,
+            channel_mult=tuple(arch.dim_mults),
+            num_res_blocks=arch.num_resnet_blocks,
+            attention_resolutions=arch.attention_resolutions(),
+            head_dim=arch.attn_dim_head,
+            num_heads=None,
+            resblock_updown=False,
+            embed_dim=4 * arch.dim,
+            noise_sinusoid_dim=arch.dim,
+            text_dim=arch.text_dim,
+            text_pool_heads=arch.attn_heads,
+            text_context_dim=None,
+            norm_groups=math.gcd(32, arch.dim),
+            dropout=0.0,
+            out_channels=3,
+            low_res_conditioning=False,
+            dtype="float32",
+            param_dtype="float32",
+            remat=False,
+            attention_implementation="auto",
+        )
+    )
     config.data.max_text_length = arch.text_len
     config.diffusion.min_snr_gamma = 5.0
     config.optimizer.update(name="adam", peak_lr=1e-4, warmup_steps=0, b1=0.9, b2=0.99, eps=1e-8, grad_clip_norm=0.0)
@@ -153,10 +158,13 @@ class PeerWorker:
 
     def __init__(self, python: str, arch: Architecture, extra_env: dict | None = None):
         self.log = tempfile.NamedTemporaryFile("w+", prefix="imagen_pytorch_worker_", suffix=".log", delete=False)
-        env = dict(os.environ, OMP_NUM_THREADS=str(arch.threads), MKL_NUM_THREADS=str(arch.threads), **(extra_env or {}))
+        env = dict(
+            os.environ, OMP_NUM_THREADS=str(arch.threads), MKL_NUM_THREADS=str(arch.threads), **(extra_env or {})
+        )
         env.pop("PYTHONPATH", None)  # the peer's venv must not see our package
-        self.process = subprocess.Popen([python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                        stderr=self.log, text=True, env=env)
+        self.process = subprocess.Popen(
+            [python, str(WORKER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.log, text=True, env=env
+        )
         self.info = self.request(op="setup", arch=arch.peer_arguments())
 
     def request(self, **message) -> dict:
@@ -232,15 +240,18 @@ class Ours:
         self.jax = jax
         config = matched_config(arch)
         start = time.perf_counter()
-        program = compile_training(config, make_mesh(1, 1, jax.devices()[:1]), rules_from_config(None), arch.batch,
-                                   jax.random.key(arch.seed))
+        program = compile_training(
+            config, make_mesh(1, 1, jax.devices()[:1]), rules_from_config(None), arch.batch, jax.random.key(arch.seed)
+        )
         self.train_compile_s = time.perf_counter() - start
         self.program, self.state = program, program.state
         self.batch = synthetic_batch(program.batch_specs, program.batch_shardings, arch.seed)
         self.key = jax.random.key(arch.seed + 1)
         self.params = int(sum(x.size for x in jax.tree_util.tree_leaves(program.state.params)))
         if self.params != matched_param_count(arch):
-            raise AssertionError(f"the train state holds {self.params} parameters, matched_param_count says {matched_param_count(arch)}")
+            raise AssertionError(
+                f"the train state holds {self.params} parameters, matched_param_count says {matched_param_count(arch)}"
+            )
         model, schedule = program.model, Schedule.from_config(config.diffusion.schedule)
 
         def guided_step(params, z, t, cond, uncond, key):
@@ -262,8 +273,10 @@ class Ours:
         self.guided_fn = jax.jit(guided_step).lower(*self.guided_args).compile()
         self.guided_compile_s = time.perf_counter() - start
         train_jaxpr = jax.make_jaxpr(self._step_fn(config, program))(self.state, self.batch, self.key)
-        self.matmul_conv_flops = dict(train=matmul_conv_flops(train_jaxpr),
-                                      guided=matmul_conv_flops(jax.make_jaxpr(guided_step)(*self.guided_args)))
+        self.matmul_conv_flops = dict(
+            train=matmul_conv_flops(train_jaxpr),
+            guided=matmul_conv_flops(jax.make_jaxpr(guided_step)(*self.guided_args)),
+        )
 
     @staticmethod
     def _step_fn(config, program):
@@ -305,34 +318,52 @@ def interleaved(ours: Ours, peer: PeerWorker, reps: int) -> dict:
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--peer-python", default=default_peer_python(),
-                        help=f"python of the peer's venv (default $PEER/venv/bin/python); made by {SETUP_SCRIPT}")
+    parser.add_argument(
+        "--peer-python",
+        default=default_peer_python(),
+        help=f"python of the peer's venv (default $PEER/venv/bin/python); made by {SETUP_SCRIPT}",
+    )
     defaults = Architecture()
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
     parser.add_argument("--dim", type=int, default=defaults.dim)
     parser.add_argument("--dim-mults", default=",".join(map(str, defaults.dim_mults)))
     parser.add_argument("--num-resnet-blocks", type=int, default=defaults.num_resnet_blocks)
-    parser.add_argument("--layer-attns", default=",".join(str(int(v)) for v in defaults.layer_attns),
-                        help="attention per level, 0/1 (peer: self- and cross-attention; ours: self-attention with text)")
+    parser.add_argument(
+        "--layer-attns",
+        default=",".join(str(int(v)) for v in defaults.layer_attns),
+        help="attention per level, 0/1 (peer: self- and cross-attention; ours: self-attention with text)",
+    )
     parser.add_argument("--attn-dim-head", type=int, default=defaults.attn_dim_head)
     parser.add_argument("--text-len", type=int, default=defaults.text_len)
     parser.add_argument("--text-dim", type=int, default=defaults.text_dim)
     parser.add_argument("--batch", type=int, default=defaults.batch)
     parser.add_argument("--threads", type=int, default=defaults.threads, help="peer torch threads (XLA: all cores)")
-    parser.add_argument("--peer-env", nargs="*", default=[], metavar="KEY=VALUE",
-                        help="extra environment for the peer, e.g. OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep "
-                             "instead of spinning: what torch needs on a loaded machine)")
+    parser.add_argument(
+        "--peer-env",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra environment for the peer, e.g. OMP_WAIT_POLICY=PASSIVE (OpenMP threads sleep "
+        "instead of spinning: what torch needs on a loaded machine)",
+    )
     parser.add_argument("--reps", type=int, default=5, help="timed rounds after one warm-up (medians reported)")
-    parser.add_argument("--out", help="JSON path (default benchmarks/results/compare_imagen_pytorch_<S>px_dim<D>_b<B>.json)")
+    parser.add_argument(
+        "--out", help="JSON path (default benchmarks/results/compare_imagen_pytorch_<S>px_dim<D>_b<B>.json)"
+    )
     return parser.parse_args(argv)
 
 
 def architecture_from_args(args) -> Architecture:
     return Architecture(
-        image_size=args.image_size, dim=args.dim, dim_mults=tuple(int(m) for m in args.dim_mults.split(",")),
+        image_size=args.image_size,
+        dim=args.dim,
+        dim_mults=tuple(int(m) for m in args.dim_mults.split(",")),
         num_resnet_blocks=args.num_resnet_blocks,
         layer_attns=tuple(v.strip() in ("1", "true", "True") for v in args.layer_attns.split(",")),
-        attn_dim_head=args.attn_dim_head, text_len=args.text_len, text_dim=args.text_dim, batch=args.batch,
+        attn_dim_head=args.attn_dim_head,
+        text_len=args.text_len,
+        text_dim=args.text_dim,
+        batch=args.batch,
         threads=args.threads,
     )
 
@@ -358,27 +389,45 @@ def main(argv=None) -> None:
     ratios = {op: median[f"ours_{op}"] / median[f"peer_{op}"] for op in ("train", "guided")}
     flops = {"ours": ours.matmul_conv_flops, "peer": peer.info["matmul_conv_flops"]}
 
-    print(f"\n{arch.image_size} px, dim {arch.dim}, mults {arch.dim_mults}, {arch.num_resnet_blocks} res blocks/level, "
-          f"attention levels {arch.layer_attns}, text {arch.text_len}x{arch.text_dim}, batch {arch.batch}, "
-          f"{args.reps} reps, load {load_before[0]:.1f} -> {load_after[0]:.1f}" + (f", peer env {peer_env}" if peer_env else ""))
+    print(
+        f"\n{arch.image_size} px, dim {arch.dim}, mults {arch.dim_mults}, {arch.num_resnet_blocks} res blocks/level, "
+        f"attention levels {arch.layer_attns}, text {arch.text_len}x{arch.text_dim}, batch {arch.batch}, "
+        f"{args.reps} reps, load {load_before[0]:.1f} -> {load_after[0]:.1f}"
+        + (f", peer env {peer_env}" if peer_env else "")
+    )
     print(f"{'':<22} {'params':>12} {'train s':>9} {'guided s':>9} {'train GFLOP':>12} {'guided GFLOP':>13}")
-    for side, label, params in (("ours", "imagen_jax (JAX)", ours.params),
-                                ("peer", peer.info["impl"], peer.info["params"])):
-        print(f"{label:<22} {params:>12,} {median[side + '_train']:>9.3f} {median[side + '_guided']:>9.3f} "
-              f"{flops[side]['train'] / 1e9:>12.1f} {flops[side]['guided'] / 1e9:>13.1f}")
-    print(f"{'ours / peer':<22} {ours.params / peer.info['params']:>12.3f} {ratios['train']:>9.3f} {ratios['guided']:>9.3f}")
+    for side, label, params in (
+        ("ours", "imagen_jax (JAX)", ours.params),
+        ("peer", peer.info["impl"], peer.info["params"]),
+    ):
+        print(
+            f"{label:<22} {params:>12,} {median[side + '_train']:>9.3f} {median[side + '_guided']:>9.3f} "
+            f"{flops[side]['train'] / 1e9:>12.1f} {flops[side]['guided'] / 1e9:>13.1f}"
+        )
+    print(
+        f"{'ours / peer':<22} {ours.params / peer.info['params']:>12.3f} "
+        f"{ratios['train']:>9.3f} {ratios['guided']:>9.3f}"
+    )
 
     payload = dict(
-        architecture=dataclasses.asdict(arch), our_config_model=matched_config(arch).model.to_dict(),
+        architecture=dataclasses.asdict(arch),
+        our_config_model=matched_config(arch).model.to_dict(),
         params={"ours": ours.params, "peer": peer.info["params"]},
-        median_s=median, times_s=times, ratio_ours_over_peer=ratios, reps=args.reps,
+        median_s=median,
+        times_s=times,
+        ratio_ours_over_peer=ratios,
+        reps=args.reps,
         matmul_conv_flops=flops,
         ours_compile_s={"train": ours.train_compile_s, "guided": ours.guided_compile_s},
         peer={k: v for k, v in peer.info.items() if k not in ("params", "matmul_conv_flops")},
-        peer_env=peer_env, loadavg_before=list(load_before), loadavg_after=list(load_after),
+        peer_env=peer_env,
+        loadavg_before=list(load_before),
+        loadavg_after=list(load_after),
     )
     suffix = "".join(f"_{k.lower()}-{v.lower()}" for k, v in peer_env.items())
-    out = args.out or RESULTS_DIR / f"compare_imagen_pytorch_{arch.image_size}px_dim{arch.dim}_b{arch.batch}{suffix}.json"
+    out = (
+        args.out or RESULTS_DIR / f"compare_imagen_pytorch_{arch.image_size}px_dim{arch.dim}_b{arch.batch}{suffix}.json"
+    )
     write_results(out, payload)
 
 

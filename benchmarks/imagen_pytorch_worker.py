@@ -54,24 +54,62 @@ def setup(arch):
     torch.manual_seed(arch["seed"])
     dim_mults = tuple(arch["dim_mults"])
     unet = Unet(
-        dim=arch["dim"], dim_mults=dim_mults, num_resnet_blocks=arch["num_resnet_blocks"],
-        text_embed_dim=arch["text_dim"], cond_dim=None, num_time_tokens=2, learned_sinu_pos_emb_dim=16,
-        channels=3, channels_out=None, attn_dim_head=arch["attn_dim_head"], attn_heads=arch["attn_heads"],
-        ff_mult=arch["ff_mult"], lowres_cond=False, layer_attns=tuple(arch["layer_attns"]), layer_attns_depth=1,
-        layer_mid_attns_depth=1, attend_at_middle=True, layer_cross_attns=tuple(arch["layer_cross_attns"]),
-        use_linear_attn=False, use_linear_cross_attn=False, cond_on_text=True, max_text_len=arch["max_text_len"],
-        init_dim=None, init_cross_embed=True, init_cross_embed_kernel_sizes=(3, 7, 15), cross_embed_downsample=False,
-        attn_pool_text=True, attn_pool_num_latents=arch["attn_pool_num_latents"], memory_efficient=False,
-        init_conv_to_final_conv_residual=False, use_global_context_attn=True, scale_skip_connection=True,
-        final_resnet_block=True, final_conv_kernel_size=3, self_cond=False, resize_mode="nearest",
-        combine_upsample_fmaps=False, pixel_shuffle_upsample=True,
+        dim=arch["dim"],
+        dim_mults=dim_mults,
+        num_resnet_blocks=arch["num_resnet_blocks"],
+        text_embed_dim=arch["text_dim"],
+        cond_dim=None,
+        num_time_tokens=2,
+        learned_sinu_pos_emb_dim=16,
+        channels=3,
+        channels_out=None,
+        attn_dim_head=arch["attn_dim_head"],
+        attn_heads=arch["attn_heads"],
+        ff_mult=arch["ff_mult"],
+        lowres_cond=False,
+        layer_attns=tuple(arch["layer_attns"]),
+        layer_attns_depth=1,
+        layer_mid_attns_depth=1,
+        attend_at_middle=True,
+        layer_cross_attns=tuple(arch["layer_cross_attns"]),
+        use_linear_attn=False,
+        use_linear_cross_attn=False,
+        cond_on_text=True,
+        max_text_len=arch["max_text_len"],
+        init_dim=None,
+        init_cross_embed=True,
+        init_cross_embed_kernel_sizes=(3, 7, 15),
+        cross_embed_downsample=False,
+        attn_pool_text=True,
+        attn_pool_num_latents=arch["attn_pool_num_latents"],
+        memory_efficient=False,
+        init_conv_to_final_conv_residual=False,
+        use_global_context_attn=True,
+        scale_skip_connection=True,
+        final_resnet_block=True,
+        final_conv_kernel_size=3,
+        self_cond=False,
+        resize_mode="nearest",
+        combine_upsample_fmaps=False,
+        pixel_shuffle_upsample=True,
     )
     size, batch = arch["image_size"], arch["batch"]
     imagen = Imagen(
-        unets=(unet,), image_sizes=(size,), text_embed_dim=arch["text_dim"], channels=3, timesteps=1000,
-        cond_drop_prob=0.1, loss_type="l2", noise_schedules="cosine", pred_objectives="noise",
-        condition_on_text=True, auto_normalize_img=True, dynamic_thresholding=True,
-        dynamic_thresholding_percentile=0.95, min_snr_loss_weight=True, min_snr_gamma=5,
+        unets=(unet,),
+        image_sizes=(size,),
+        text_embed_dim=arch["text_dim"],
+        channels=3,
+        timesteps=1000,
+        cond_drop_prob=0.1,
+        loss_type="l2",
+        noise_schedules="cosine",
+        pred_objectives="noise",
+        condition_on_text=True,
+        auto_normalize_img=True,
+        dynamic_thresholding=True,
+        dynamic_thresholding_percentile=0.95,
+        min_snr_loss_weight=True,
+        min_snr_gamma=5,
     )
     assert imagen.unets[0] is unet, "Imagen re-created the unet; constructor arguments mismatch"
     generator = torch.Generator().manual_seed(arch["seed"])
@@ -94,8 +132,14 @@ def setup(arch):
     def guided():
         unet.eval()
         with torch.no_grad():
-            unet.forward_with_cond_scale(z, logsnr, text_embeds=text, text_mask=mask, cond_scale=arch["cond_scale"],
-                                         remove_parallel_component=True)
+            unet.forward_with_cond_scale(
+                z,
+                logsnr,
+                text_embeds=text,
+                text_mask=mask,
+                cond_scale=arch["cond_scale"],
+                remove_parallel_component=True,
+            )
 
     flops = {}
     for name, fn in (("train", train), ("guided", guided)):
@@ -103,8 +147,13 @@ def setup(arch):
         with counter:
             fn()
         flops[name] = int(counter.get_total_flops())
-    info = dict(impl=f"imagen-pytorch {imagen_version}", torch=torch.__version__, threads=torch.get_num_threads(),
-                params=sum(p.numel() for p in unet.parameters()), matmul_conv_flops=flops)
+    info = dict(
+        impl=f"imagen-pytorch {imagen_version}",
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+        params=sum(p.numel() for p in unet.parameters()),
+        matmul_conv_flops=flops,
+    )
     return {"train": train, "guided": guided}, info
 
 

@@ -122,7 +122,9 @@ def main() -> None:
             f"{r['images_per_second']:9.1f}"
         )
     os.makedirs(os.path.dirname(args.output), exist_ok=True)
-    machine = dict(cpus=os.cpu_count(), processor=platform.processor() or platform.machine(), python=platform.python_version())
+    machine = dict(
+        cpus=os.cpu_count(), processor=platform.processor() or platform.machine(), python=platform.python_version()
+    )
     with open(args.output, "w") as f:
         json.dump(dict(machine=machine, settings=vars(args), results=rows), f, indent=2)
     print(f"\nwrote {args.output}")

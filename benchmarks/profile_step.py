@@ -30,8 +30,13 @@ from imagen_jax.config import load_config
 from imagen_jax.models import build_model
 from imagen_jax.models.builder import init_params
 
-KIND_PATTERNS = (("convolution", " convolution("), ("matmul", " dot("), ("reduction", " reduce("),
-                 ("copy/transpose", " transpose("), ("copy/transpose", " copy("))
+KIND_PATTERNS = (
+    ("convolution", " convolution("),
+    ("matmul", " dot("),
+    ("reduction", " reduce("),
+    ("copy/transpose", " transpose("),
+    ("copy/transpose", " copy("),
+)
 
 
 def hlo_instructions(hlo_text: str) -> dict[str, tuple[str, str]]:
@@ -118,7 +123,10 @@ def main(argv=None) -> None:
         by_kind[kind] += ms
         by_layer[layer] += ms
     total = sum(by_kind.values())
-    print(f"{name}: forward + backward, batch {args.batch}, one run {wall_s:.3f} s wall; op time {total:.0f} ms per run (both threads)")
+    print(
+        f"{name}: forward + backward, batch {args.batch}, one run {wall_s:.3f} s wall; "
+        f"op time {total:.0f} ms per run (both threads)"
+    )
     print(f"{'op kind':<20} {'ms':>8} {'share':>7}")
     for kind, ms in by_kind.most_common():
         print(f"{kind:<20} {ms:>8.1f} {ms / total:>7.1%}")
@@ -126,8 +134,18 @@ def main(argv=None) -> None:
     for layer, ms in by_layer.most_common(args.top):
         print(f"{layer[:60]:<60} {ms:>8.1f} {ms / total:>7.1%}")
     out = args.out or RESULTS_DIR / f"profile_step_{name}_{jax.default_backend()}_b{args.batch}.json"
-    write_results(out, dict(name=name, batch=args.batch, text_length=args.text_length, runs=args.runs, wall_s=wall_s,
-                            op_ms_by_kind=dict(by_kind), op_ms_by_layer=dict(by_layer)))
+    write_results(
+        out,
+        dict(
+            name=name,
+            batch=args.batch,
+            text_length=args.text_length,
+            runs=args.runs,
+            wall_s=wall_s,
+            op_ms_by_kind=dict(by_kind),
+            op_ms_by_layer=dict(by_layer),
+        ),
+    )
 
 
 if __name__ == "__main__":

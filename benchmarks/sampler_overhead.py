@@ -33,7 +33,9 @@ def time_config(kind, threshold, guided, shape, steps, repeats):
     uncond = {"c": jnp.zeros((shape[0],))} if guided else None
 
     def run(seed):
-        out = sample(trivial_model, jax.random.key(seed), shape, config=config, cond=cond, uncond=uncond, guidance_weight=5.0)
+        out = sample(
+            trivial_model, jax.random.key(seed), shape, config=config, cond=cond, uncond=uncond, guidance_weight=5.0
+        )
         return out.block_until_ready()
 
     start = time.perf_counter()
@@ -73,7 +75,10 @@ def main():
             for threshold, guided in (("none", False), ("static", True), ("dynamic", True)):
                 rows.append(time_config(kind, threshold, guided, shape, args.steps, args.repeats))
 
-    header = f"{'shape':>16} {'sampler':>17} {'threshold':>9} {'guided':>6} {'first call s':>12} {'ms/step':>9} {'us/step/img':>11}"
+    header = (
+        f"{'shape':>16} {'sampler':>17} {'threshold':>9} {'guided':>6} {'first call s':>12} {'ms/step':>9} "
+        f"{'us/step/img':>11}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
@@ -82,6 +87,7 @@ def main():
             f"{r['first_call_s']:>12.2f} {r['per_step_ms']:>9.3f} {r['per_step_per_image_us']:>11.1f}"
         )
     write_results(args.out, {"rows": rows})
+
 
 if __name__ == "__main__":
     main()

@@ -112,5 +112,6 @@ def main():
         )
     write_results(args.out, {"rows": rows})
 
+
 if __name__ == "__main__":
     main()

@@ -90,11 +90,20 @@ def main():
         "mfu": (flops / step_s / 1e12 / peak) if peak else None,
         "loss": float(metrics["loss"]),
     }
-    print(f"{'config':>28} {'backend':>8} {'batch':>6} {'params':>12} {'step s':>8} {'img/s':>8} {'TFLOP/s/dev':>11} {'MFU':>6}")
+    print(
+        f"{'config':>28} {'backend':>8} {'batch':>6} {'params':>12} {'step s':>8} {'img/s':>8} "
+        f"{'TFLOP/s/dev':>11} {'MFU':>6}"
+    )
     mfu = f"{row['mfu']:.1%}" if row["mfu"] is not None else "-"
-    print(f"{Path(args.config).stem:>28} {row['backend']:>8} {batch:>6} {row['params']:>12,} {step_s:>8.3f} "
-          f"{row['images_per_sec']:>8.1f} {row['tflops_per_device']:>11.3f} {mfu:>6}")
-    out = Path(args.out) if args.out else RESULTS_DIR / f"train_step_{Path(args.config).stem}_{row['backend']}_b{batch}.json"
+    print(
+        f"{Path(args.config).stem:>28} {row['backend']:>8} {batch:>6} {row['params']:>12,} {step_s:>8.3f} "
+        f"{row['images_per_sec']:>8.1f} {row['tflops_per_device']:>11.3f} {mfu:>6}"
+    )
+    out = (
+        Path(args.out)
+        if args.out
+        else RESULTS_DIR / f"train_step_{Path(args.config).stem}_{row['backend']}_b{batch}.json"
+    )
     write_results(out, row)
 
 

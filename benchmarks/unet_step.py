@@ -41,7 +41,9 @@ def random_inputs(config, batch: int, text_length: int, key):
     inputs["z"] = jax.random.normal(keys[0], inputs["z"].shape)
     inputs["logsnr"] = jax.random.uniform(keys[1], (batch,), minval=-20.0, maxval=20.0)
     inputs["text_embedding"] = jax.random.normal(keys[2], inputs["text_embedding"].shape)
-    inputs["text_mask"] = jnp.arange(text_length)[None, :] < text_length // 2 + jnp.arange(batch)[:, None] % (text_length // 2)
+    inputs["text_mask"] = jnp.arange(text_length)[None, :] < text_length // 2 + jnp.arange(batch)[:, None] % (
+        text_length // 2
+    )
     if "low_res" in inputs:
         inputs["low_res"] = jnp.tanh(jax.random.normal(keys[3], inputs["low_res"].shape))
         inputs["aug_logsnr"] = jax.random.uniform(keys[4], (batch,), minval=-5.0, maxval=20.0)
@@ -103,7 +105,13 @@ def benchmark(config, batch: int, text_length: int, iters: int, flops_only: bool
         times = time_call(compiled, args, iters)
         seconds = statistics.median(times)
         flops = compiled_flops(compiled)
-        results[name] = dict(seconds=seconds, min_seconds=min(times), compile_seconds=compile_s, flops=flops, tflops_per_s=flops / seconds / 1e12)
+        results[name] = dict(
+            seconds=seconds,
+            min_seconds=min(times),
+            compile_seconds=compile_s,
+            flops=flops,
+            tflops_per_s=flops / seconds / 1e12,
+        )
     return dict(params=sum(int(x.size) for x in jax.tree_util.tree_leaves(params)), **results)
 
 
@@ -115,7 +123,9 @@ def main(argv=None) -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--dtype", help="override model.dtype (compute), e.g. float32 or bfloat16")
     parser.add_argument("--remat", choices=["true", "false"], help="override model.remat")
-    parser.add_argument("--flops-only", action="store_true", help="only XLA's FLOP count, on abstract shapes (no memory)")
+    parser.add_argument(
+        "--flops-only", action="store_true", help="only XLA's FLOP count, on abstract shapes (no memory)"
+    )
     parser.add_argument("--peak-tflops", type=float, help="device peak (design.md §6) to report MFU")
     parser.add_argument("--out", help="JSON output path")
     args = parser.parse_args(argv)
@@ -145,20 +155,32 @@ def main(argv=None) -> None:
         for name in ("forward", "forward_backward"):
             record[name]["mfu"] = record[name]["tflops_per_s"] / args.peak_tflops
 
-    print(f"{preset} on {record['backend']} ({record['device']}), batch {args.batch}, {record['resolution']} px, "
-          f"{record['params'] / 1e6:.2f}M params, dtype {record['dtype']}, remat {record['remat']}")
-    print(f"{'pass':<18} {'ms (median)':>12} {'GFLOP':>10} {'TFLOP/s':>9} {'compile s':>10}" + (f" {'MFU':>6}" if args.peak_tflops else ""))
+    print(
+        f"{preset} on {record['backend']} ({record['device']}), batch {args.batch}, {record['resolution']} px, "
+        f"{record['params'] / 1e6:.2f}M params, dtype {record['dtype']}, remat {record['remat']}"
+    )
+    print(
+        f"{'pass':<18} {'ms (median)':>12} {'GFLOP':>10} {'TFLOP/s':>9} {'compile s':>10}"
+        + (f" {'MFU':>6}" if args.peak_tflops else "")
+    )
     for name in ("forward", "forward_backward"):
         r = record[name]
         if args.flops_only:
             print(f"{name:<18} {'-':>12} {r['flops'] / 1e9:>10.2f}")
             continue
-        line = f"{name:<18} {1e3 * r['seconds']:>12.1f} {r['flops'] / 1e9:>10.2f} {r['tflops_per_s']:>9.4f} {r['compile_seconds']:>10.1f}"
+        line = (
+            f"{name:<18} {1e3 * r['seconds']:>12.1f} {r['flops'] / 1e9:>10.2f} {r['tflops_per_s']:>9.4f} "
+            f"{r['compile_seconds']:>10.1f}"
+        )
         if args.peak_tflops:
             line += f" {100 * r['mfu']:>5.1f}%"
         print(line)
     suffix = "_flops" if args.flops_only else ""
-    out = Path(args.out) if args.out else RESULTS_DIR / f"unet_step_{preset}_{record['backend']}_b{args.batch}{suffix}.json"
+    out = (
+        Path(args.out)
+        if args.out
+        else RESULTS_DIR / f"unet_step_{preset}_{record['backend']}_b{args.batch}{suffix}.json"
+    )
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(record, indent=2))
     print(f"wrote {out}")

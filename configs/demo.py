@@ -117,17 +117,18 @@ def _demo() -> ml_collections.ConfigDict:
     config.sr.sampling.guidance_weight = 1.0  # SR guidance sharpens little here and doubles the cost
     # Static thresholding: dynamic dims and tints whole SR images whose whites or blacks overshoot.
     config.sr.sampling.threshold = "static"
-    config.eval = ml_collections.ConfigDict(dict(
-        prompts=demo_prompts(),
-        two_object_prompts=TWO_OBJECT_PROMPTS,
-        guidance_weights=(1.0, 3.0, 5.0, 8.0),
-        sr_images=64,
-        seed=0,
-        accuracy_seeds=16,
-        batch_size=32,
-    ))
+    config.eval = ml_collections.ConfigDict(
+        dict(
+            prompts=demo_prompts(),
+            two_object_prompts=TWO_OBJECT_PROMPTS,
+            guidance_weights=(1.0, 3.0, 5.0, 8.0),
+            sr_images=64,
+            seed=0,
+            accuracy_seeds=16,
+            batch_size=32,
+        )
+    )
     return config
-
 
 
 def _smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -145,10 +146,12 @@ def _smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         stage.sampling.num_steps = 4
         stage.train.sample_prompts = stage.train.sample_prompts[:2]
     config.sr.low_res_resolution = config.sr.data.low_res_size = 16
-    config.base.model.update(channels=8, channel_mult=(1, 2), head_dim=8, embed_dim=32, attention_resolutions=(8,),
-                             norm_groups=4)
-    config.sr.model.update(channels=(8, 16), num_res_blocks=(1, 1), strides=(2, 2), attention=("none", "self"),
-                           embed_dim=32, norm_groups=4)
+    config.base.model.update(
+        channels=8, channel_mult=(1, 2), head_dim=8, embed_dim=32, attention_resolutions=(8,), norm_groups=4
+    )
+    config.sr.model.update(
+        channels=(8, 16), num_res_blocks=(1, 1), strides=(2, 2), attention=("none", "self"), embed_dim=32, norm_groups=4
+    )
     config.eval.prompts = config.eval.prompts[:3]
     config.eval.two_object_prompts = config.eval.two_object_prompts[:1]
     config.eval.guidance_weights = (1.0, 5.0)

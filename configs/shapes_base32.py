@@ -39,7 +39,15 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.data = data_shapes.data_config("base32")
     stage_defaults.add_training_sections(
-        config, optimizer="adam", steps=3000, batch_size=32, peak_lr=1e-3, warmup_steps=100, ema_decay=0.999,
-        checkpoint_every=500, sample_every=500, log_every=25,
+        config,
+        optimizer="adam",
+        steps=3000,
+        batch_size=32,
+        peak_lr=1e-3,
+        warmup_steps=100,
+        ema_decay=0.999,
+        checkpoint_every=500,
+        sample_every=500,
+        log_every=25,
     )
     return config

@@ -62,26 +62,54 @@ def add_training_sections(
 ) -> ml_collections.ConfigDict:
     config.seed = 0
     config.text = ml_collections.ConfigDict(dict(encoder="tiny-random-byt5", cache_dtype="float16"))
-    config.diffusion = ml_collections.ConfigDict(dict(
-        schedule=dict(kind=schedule, logsnr_min=-20.0, logsnr_max=20.0),
-        prediction="eps",
-        min_snr_gamma=None,
-        snr_floor=None,
-        aug_schedule=dict(kind="cosine"),
-    ))
-    config.optimizer = ml_collections.ConfigDict(dict(
-        name=optimizer, peak_lr=peak_lr, warmup_steps=warmup_steps, end_lr=0.0,
-        b1=0.9, b2=0.999, eps=1e-8, grad_clip_norm=0.0,
-    ))
-    config.train = ml_collections.ConfigDict(dict(
-        steps=steps, batch_size=batch_size, grad_accum_steps=1, text_drop_prob=0.1, ema_decay=ema_decay,
-        ema_warmup=True, log_every=log_every, max_nonfinite_streak=10, sample_every=sample_every,
-        sample_prompts=SAMPLE_PROMPTS, init_from="",
-    ))
+    config.diffusion = ml_collections.ConfigDict(
+        dict(
+            schedule=dict(kind=schedule, logsnr_min=-20.0, logsnr_max=20.0),
+            prediction="eps",
+            min_snr_gamma=None,
+            snr_floor=None,
+            aug_schedule=dict(kind="cosine"),
+        )
+    )
+    config.optimizer = ml_collections.ConfigDict(
+        dict(
+            name=optimizer,
+            peak_lr=peak_lr,
+            warmup_steps=warmup_steps,
+            end_lr=0.0,
+            b1=0.9,
+            b2=0.999,
+            eps=1e-8,
+            grad_clip_norm=0.0,
+        )
+    )
+    config.train = ml_collections.ConfigDict(
+        dict(
+            steps=steps,
+            batch_size=batch_size,
+            grad_accum_steps=1,
+            text_drop_prob=0.1,
+            ema_decay=ema_decay,
+            ema_warmup=True,
+            log_every=log_every,
+            max_nonfinite_streak=10,
+            sample_every=sample_every,
+            sample_prompts=SAMPLE_PROMPTS,
+            init_from="",
+        )
+    )
     config.checkpoint = ml_collections.ConfigDict(dict(every=checkpoint_every, keep=3, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=None))
-    config.sampling = ml_collections.ConfigDict(dict(
-        sampler="dpm_solver_pp_2m", num_steps=32, threshold="dynamic", guidance_weight=3.0, aug_level=0.0,
-        start_logsnr=None, guidance_logsnr_min=None, guidance_logsnr_max=None,
-    ))
+    config.sampling = ml_collections.ConfigDict(
+        dict(
+            sampler="dpm_solver_pp_2m",
+            num_steps=32,
+            threshold="dynamic",
+            guidance_weight=3.0,
+            aug_level=0.0,
+            start_logsnr=None,
+            guidance_logsnr_min=None,
+            guidance_logsnr_max=None,
+        )
+    )
     return config

@@ -12,8 +12,15 @@ from imagen_jax import __version__
 # What bad input raises in the library (StorageError, WorkdirError, ConfigMismatchError are
 # ValueErrors; TrainingDivergedError a FloatingPointError; a missing optional package such as
 # libtpu a ModuleNotFoundError): the command prints the one message and exits with 2.
-USER_ERRORS = (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, FloatingPointError,
-               ModuleNotFoundError)
+USER_ERRORS = (
+    ValueError,
+    KeyError,
+    FileNotFoundError,
+    FileExistsError,
+    PermissionError,
+    FloatingPointError,
+    ModuleNotFoundError,
+)
 
 # (module path, subcommand) pairs; each module defines add_parser(subparsers) and run(args).
 SUBCOMMANDS: list[tuple[str, str]] = [
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         if arg.startswith("--config."):
             if "=" not in arg and i + 1 < len(argv):
                 arg, i = f"{arg}={argv[i + 1]}", i + 1
-            overrides.append(arg[len("--config."):])
+            overrides.append(arg[len("--config.") :])
         else:
             rest.append(arg)
         i += 1

@@ -37,11 +37,17 @@ DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "demo", help="train a small shapes cascade (32 -> 64 px) on this machine, sample it and evaluate it",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "demo",
+        help="train a small shapes cascade (32 -> 64 px) on this machine, sample it and evaluate it",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workdir", default="runs/demo", help="where the stages, samples and eval.json go (default runs/demo)")
-    parser.add_argument("--config", default=DEFAULT_CONFIG, help="demo config (default: the repository's configs/demo.py)")
+    parser.add_argument(
+        "--workdir", default="runs/demo", help="where the stages, samples and eval.json go (default runs/demo)"
+    )
+    parser.add_argument(
+        "--config", default=DEFAULT_CONFIG, help="demo config (default: the repository's configs/demo.py)"
+    )
     parser.add_argument("--override", action="store_true", help="continue stage workdirs whose saved config differs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run, accepts_config_overrides=True)
@@ -58,12 +64,16 @@ def guidance_sweep(cascade, prompts: list[str], weights, *, seed: int, batch_siz
     for w in weights:
         row = {"guidance_weight": float(w)}
         for threshold in ("dynamic", "none"):
-            config = dataclasses.replace(base, guidance_weight=float(w),
-                                         sampler=dataclasses.replace(base.sampler, threshold=threshold))
-            images = cascade.run_stage_batched(0, embedding, mask, jax.random.key(seed), batch_size=batch_size,
-                                               config=config)
-            row[threshold] = {"accuracy": prompt_accuracy(to_uint8(images), prompts)["correct"],
-                              "out_of_range": out_of_range_fraction(images)}
+            config = dataclasses.replace(
+                base, guidance_weight=float(w), sampler=dataclasses.replace(base.sampler, threshold=threshold)
+            )
+            images = cascade.run_stage_batched(
+                0, embedding, mask, jax.random.key(seed), batch_size=batch_size, config=config
+            )
+            row[threshold] = {
+                "accuracy": prompt_accuracy(to_uint8(images), prompts)["correct"],
+                "out_of_range": out_of_range_fraction(images),
+            }
         rows.append(row)
     return rows
 
@@ -94,8 +104,13 @@ def base_accuracy_over_seeds(cascade, prompts: list[str], seeds, *, batch_size: 
         result = prompt_accuracy(to_uint8(images), prompts)
         per_seed.append({"seed": int(seed), **{k: result[k] for k in _OVER_SEEDS}})
     correct = [row["correct"] for row in per_seed]
-    return {"per_seed": per_seed, "mean": float(np.mean(correct)), "min": float(min(correct)), "max": float(max(correct)),
-            **{f"mean_{k}": _mean([row[k] for row in per_seed]) for k in _OVER_SEEDS[1:]}}
+    return {
+        "per_seed": per_seed,
+        "mean": float(np.mean(correct)),
+        "min": float(min(correct)),
+        "max": float(max(correct)),
+        **{f"mean_{k}": _mean([row[k] for row in per_seed]) for k in _OVER_SEEDS[1:]},
+    }
 
 
 def sr_fidelity_on_test_images(cascade, data_config, num_images: int, *, seed: int, batch_size: int) -> dict:
@@ -111,16 +126,26 @@ def sr_fidelity_on_test_images(cascade, data_config, num_images: int, *, seed: i
     truth, captions = dataset_images(num_images, stage.image_size, seed=shapes.seed, split="test")
     low = np.stack([downsample(image, stage.low_res_size, method=data_config.low_res_method) for image in truth])
     embedding, mask = cascade.encode(captions)
-    outputs = cascade.run_stage_batched(len(cascade.stages) - 1, embedding, mask, jax.random.key(seed + 1),
-                                        batch_size=batch_size, low_res=low.astype(np.float32) / 127.5 - 1.0)
+    outputs = cascade.run_stage_batched(
+        len(cascade.stages) - 1,
+        embedding,
+        mask,
+        jax.random.key(seed + 1),
+        batch_size=batch_size,
+        low_res=low.astype(np.float32) / 127.5 - 1.0,
+    )
     return sr_fidelity(to_uint8(outputs), truth, low)
 
 
 def sweep_table(rows: list[dict]) -> str:
-    lines = ["guidance sweep (base stage): prompt accuracy / pixels outside [-1, 1]",
-             f"  {'w':>4} {'dynamic thr.':>22} {'no threshold':>22}"]
+    lines = [
+        "guidance sweep (base stage): prompt accuracy / pixels outside [-1, 1]",
+        f"  {'w':>4} {'dynamic thr.':>22} {'no threshold':>22}",
+    ]
     for row in rows:
-        cells = [f"{100 * row[t]['accuracy']:5.1f}% / {100 * row[t]['out_of_range']:5.2f}%" for t in ("dynamic", "none")]
+        cells = [
+            f"{100 * row[t]['accuracy']:5.1f}% / {100 * row[t]['out_of_range']:5.2f}%" for t in ("dynamic", "none")
+        ]
         lines.append(f"  {row['guidance_weight']:4g} {cells[0]:>22} {cells[1]:>22}")
     return "\n".join(lines)
 
@@ -151,8 +176,10 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
     write_images(samples, prompts, out.final)
     write_images(storage.join(samples, "base"), prompts, out.images[0], upscale_to=64)
     side_by_side = np.stack([out.images[0].repeat(2, axis=1).repeat(2, axis=2), out.final], axis=1)
-    save_png(make_grid(side_by_side.reshape((-1,) + out.final.shape[1:]), columns=10, upscale_to=96),
-             storage.join(samples, "cascade.png"))
+    save_png(
+        make_grid(side_by_side.reshape((-1,) + out.final.shape[1:]), columns=10, upscale_to=96),
+        storage.join(samples, "cascade.png"),
+    )
     result["base_accuracy"] = prompt_accuracy(out.images[0], prompts)
     result["final_accuracy"] = prompt_accuracy(out.final, prompts)
     two = list(ev.two_object_prompts)
@@ -164,25 +191,32 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
 
     start = time.perf_counter()
     accuracy_seeds = range(ev.seed, ev.seed + ev.get("accuracy_seeds", 1))
-    result["base_accuracy_over_seeds"] = base_accuracy_over_seeds(cascade, prompts, accuracy_seeds,
-                                                                  batch_size=ev.batch_size)
-    result["guidance_sweep"] = guidance_sweep(cascade, prompts, ev.guidance_weights, seed=ev.seed,
-                                              batch_size=ev.batch_size)
-    result["sr_fidelity"] = sr_fidelity_on_test_images(cascade, config.sr.data, ev.sr_images, seed=ev.seed,
-                                                       batch_size=ev.batch_size)
+    result["base_accuracy_over_seeds"] = base_accuracy_over_seeds(
+        cascade, prompts, accuracy_seeds, batch_size=ev.batch_size
+    )
+    result["guidance_sweep"] = guidance_sweep(
+        cascade, prompts, ev.guidance_weights, seed=ev.seed, batch_size=ev.batch_size
+    )
+    result["sr_fidelity"] = sr_fidelity_on_test_images(
+        cascade, config.sr.data, ev.sr_images, seed=ev.seed, batch_size=ev.batch_size
+    )
     seconds["eval"] = time.perf_counter() - start
     result["seconds"] = seconds
     write_json(result, storage.join(workdir, "eval.json"))
 
-    print("\n" + accuracy_table(result["base_accuracy"]).replace("prompt accuracy", "base stage (32 px) prompt accuracy"))
+    print(
+        "\n" + accuracy_table(result["base_accuracy"]).replace("prompt accuracy", "base stage (32 px) prompt accuracy")
+    )
     print(f"final (64 px) prompt accuracy: {100 * result['final_accuracy']['correct']:.1f}%")
     over = result["base_accuracy_over_seeds"]
     seeds = [row["seed"] for row in over["per_seed"]]
     per_seed = ", ".join(f"{100 * row['correct']:.1f}" for row in over["per_seed"])
-    print(f"base stage over sampling seeds {seeds}: mean {100 * over['mean']:.1f}% correct (per seed {per_seed}; "
-          f"color {_percent(over['mean_color'])}, shape {_percent(over['mean_shape'])}); strict (every stated "
-          f"attribute, background included) {_percent(over['mean_strict'])}, background "
-          f"{_percent(over['mean_background'])}, right count {_percent(over['mean_count'])}")
+    print(
+        f"base stage over sampling seeds {seeds}: mean {100 * over['mean']:.1f}% correct (per seed {per_seed}; "
+        f"color {_percent(over['mean_color'])}, shape {_percent(over['mean_shape'])}); strict (every stated "
+        f"attribute, background included) {_percent(over['mean_strict'])}, background "
+        f"{_percent(over['mean_background'])}, right count {_percent(over['mean_count'])}"
+    )
     if two:
         print(f"two-object prompts (base stage): {100 * result['two_object_accuracy']['correct']:.1f}% correct")
     print(sweep_table(result["guidance_sweep"]))
@@ -198,8 +232,10 @@ def run(args) -> int:
 
     log_to_stderr(logging.WARNING)
     if not os.path.exists(args.config.split(":")[0]):
-        raise FileNotFoundError(f"no demo config {args.config!r}; pass --config path/to/configs/demo.py (in a clone "
-                                "of the repository; a wheel install does not carry configs/).")
+        raise FileNotFoundError(
+            f"no demo config {args.config!r}; pass --config path/to/configs/demo.py (in a clone "
+            "of the repository; a wheel install does not carry configs/)."
+        )
     config = apply_overrides(load_config(args.config), args.config_overrides)
     run_demo(config, args.workdir, override=args.override, progress=not args.no_progress)
     return 0

@@ -37,7 +37,9 @@ def make_grid(images: np.ndarray, columns: int | None = None, pad: int = 2, upsc
     grid = np.full((rows * (h + pad) + pad, columns * (w + pad) + pad, c), 255, np.uint8)
     for i in range(n):
         r, col = divmod(i, columns)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = images[i]
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = images[
+            i
+        ]
     return grid
 
 

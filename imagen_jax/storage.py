@@ -74,7 +74,7 @@ def path(p: str | os.PathLike) -> epath.Path:
         raise StorageError(f"An empty path; give {SUPPORTED}.")
     _check_scheme(text)
     if is_remote(text):
-        if not text[len(GCS_PREFIX):].split("/")[0]:
+        if not text[len(GCS_PREFIX) :].split("/")[0]:
             raise StorageError(f"{text!r} names no bucket; write it gs://BUCKET/PATH.")
         return epath.Path(text)
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
@@ -92,8 +92,9 @@ def name(p: str | os.PathLike) -> str:
 
 # ----------------------------------------------------------------------------- access
 
+
 def _bucket(p: str) -> str:
-    return p[len(GCS_PREFIX):].split("/")[0]
+    return p[len(GCS_PREFIX) :].split("/")[0]
 
 
 def _explicit_gcs_token() -> bool:
@@ -153,6 +154,7 @@ def _permission_error(p: str, bucket: str, what: str, error: Exception) -> Stora
 
 # ----------------------------------------------------------------------------- reading
 
+
 def local_view(p: str | os.PathLike) -> str:
     """A local file-system path at which `p` can be read by code that opens files itself
     (ArrayRecord): `p` itself if local; for gs://B/x, $IMAGEN_JAX_GCS_MOUNT/B/x, where a
@@ -168,7 +170,7 @@ def local_view(p: str | os.PathLike) -> str:
             f"only. Mount the bucket with gcsfuse on every host (`gcsfuse --implicit-dirs {bucket} /gcs/{bucket}`; "
             f"launch/tpu_setup.sh --gcsfuse {bucket} does it) and set {MOUNT_ENV}=/gcs."
         )
-    local = os.path.join(os.path.abspath(mount), p[len(GCS_PREFIX):])
+    local = os.path.join(os.path.abspath(mount), p[len(GCS_PREFIX) :])
     if not os.path.isdir(os.path.join(os.path.abspath(mount), bucket)):
         raise StorageError(
             f"{p}: {MOUNT_ENV}={mount} but gs://{bucket} is not mounted at {os.path.join(mount, bucket)}. "
@@ -178,6 +180,7 @@ def local_view(p: str | os.PathLike) -> str:
 
 
 # ----------------------------------------------------------------------------- writing
+
 
 def write_bytes(p: str | os.PathLike, data: bytes) -> str:
     """Write `data` to `p` whole and atomically (local: temp file + rename; gs://: one

@@ -41,7 +41,9 @@ class GcsServer:
         names, token = [], None
         while True:
             query = {"prefix": prefix, **({"pageToken": token} if token else {})}
-            with urllib.request.urlopen(f"{self.url}/storage/v1/b/{self.bucket}/o?{urllib.parse.urlencode(query)}") as r:
+            with urllib.request.urlopen(
+                f"{self.url}/storage/v1/b/{self.bucket}/o?{urllib.parse.urlencode(query)}"
+            ) as r:
                 page = json.load(r)
             names += [item["name"] for item in page.get("items", [])]
             token = page.get("nextPageToken")
@@ -78,8 +80,23 @@ def gcs(tmp_path_factory):
 
     port = free_port()
     log = open(tmp_path_factory.mktemp("gcs") / "server.log", "w")
-    proc = subprocess.Popen([str(_get_binary_path()), "-scheme", "http", "-host", "127.0.0.1", "-port", str(port),
-                             "-backend", "memory", "-log-level", "warn"], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [
+            str(_get_binary_path()),
+            "-scheme",
+            "http",
+            "-host",
+            "127.0.0.1",
+            "-port",
+            str(port),
+            "-backend",
+            "memory",
+            "-log-level",
+            "warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 60
     while True:
@@ -90,8 +107,12 @@ def gcs(tmp_path_factory):
             if proc.poll() is not None or time.time() > deadline:
                 raise RuntimeError(f"the GCS API server did not start; see {log.name}") from None
             time.sleep(0.2)
-    create = urllib.request.Request(f"{url}/storage/v1/b", data=json.dumps({"name": BUCKET}).encode(), method="POST",
-                                    headers={"Content-Type": "application/json"})
+    create = urllib.request.Request(
+        f"{url}/storage/v1/b",
+        data=json.dumps({"name": BUCKET}).encode(),
+        method="POST",
+        headers={"Content-Type": "application/json"},
+    )
     urllib.request.urlopen(create, timeout=10).close()
     point_clients_at(url)
     yield GcsServer(url, BUCKET)
@@ -108,13 +129,18 @@ def gcs_mount(gcs, tmp_path_factory):
     mount_point = root / gcs.bucket
     mount_point.mkdir()
     log = open(root.parent / "gcs_mount.log", "w")
-    proc = subprocess.Popen([sys.executable, str(HERE / "fixtures" / "gcsfuse_standin.py"), str(mount_point),
-                             gcs.bucket], stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(
+        [sys.executable, str(HERE / "fixtures" / "gcsfuse_standin.py"), str(mount_point), gcs.bucket],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     deadline = time.time() + 60
     while not os.path.ismount(mount_point):
         if proc.poll() is not None or time.time() > deadline:
-            raise RuntimeError(f"the FUSE mount of gs://{gcs.bucket} did not come up (needs /dev/fuse and "
-                               f"libfuse2: apt-get install fuse); see {log.name}")
+            raise RuntimeError(
+                f"the FUSE mount of gs://{gcs.bucket} did not come up (needs /dev/fuse and "
+                f"libfuse2: apt-get install fuse); see {log.name}"
+            )
         time.sleep(0.1)
     os.environ["IMAGEN_JAX_GCS_MOUNT"] = str(root)
     yield root

@@ -32,21 +32,46 @@ def tiny_stage_config(stage: str) -> ml_collections.ConfigDict:
     config.resolution = 16 if stage == "base" else 32
     common = dict(text_dim=256, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2, norm_groups=4)
     if stage == "base":
-        config.model = ml_collections.ConfigDict(dict(
-            family="unet", channels=8, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
-            head_dim=8, **common))
+        config.model = ml_collections.ConfigDict(
+            dict(
+                family="unet",
+                channels=8,
+                channel_mult=(1, 2),
+                num_res_blocks=1,
+                attention_resolutions=(8,),
+                head_dim=8,
+                **common,
+            )
+        )
     else:
         config.low_res_resolution = 16
-        config.model = ml_collections.ConfigDict(dict(
-            family="efficient_unet", channels=(8, 16), num_res_blocks=(1, 1), strides=(2, 2),
-            attention=("none", "self"), num_heads=2, low_res_conditioning=True, **common))
+        config.model = ml_collections.ConfigDict(
+            dict(
+                family="efficient_unet",
+                channels=(8, 16),
+                num_res_blocks=(1, 1),
+                strides=(2, 2),
+                attention=("none", "self"),
+                num_heads=2,
+                low_res_conditioning=True,
+                **common,
+            )
+        )
     config.text = ml_collections.ConfigDict(dict(encoder="tiny-random-byt5", cache_dtype="float16"))
     config.data = ml_collections.ConfigDict(dict(max_text_length=TEXT_LEN))
-    config.diffusion = ml_collections.ConfigDict(dict(schedule=dict(kind="cosine"), prediction="eps",
-                                                      aug_schedule=dict(kind="cosine")))
+    config.diffusion = ml_collections.ConfigDict(
+        dict(schedule=dict(kind="cosine"), prediction="eps", aug_schedule=dict(kind="cosine"))
+    )
     config.optimizer = ml_collections.ConfigDict(dict(name="adam", peak_lr=1e-3, warmup_steps=1))
-    config.sampling = ml_collections.ConfigDict(dict(sampler="ddim", num_steps=3, threshold="dynamic",
-                                                     guidance_weight=3.0, aug_level=0.1 if stage == "sr" else 0.0))
+    config.sampling = ml_collections.ConfigDict(
+        dict(
+            sampler="ddim",
+            num_steps=3,
+            threshold="dynamic",
+            guidance_weight=3.0,
+            aug_level=0.1 if stage == "sr" else 0.0,
+        )
+    )
     return config
 
 
@@ -83,8 +108,9 @@ def cascade(stages):
 
 
 def test_loads_the_ema_params_and_the_sampling_section(cascade, stages):
-    same = jax.tree.map(lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)),
-                        cascade.params[0], stages["base_state"].ema_params)
+    same = jax.tree.map(
+        lambda a, b: np.array_equal(np.asarray(a), np.asarray(b)), cascade.params[0], stages["base_state"].ema_params
+    )
     assert all(jax.tree.leaves(same))
     base, sr = cascade.stages
     assert (base.image_size, base.low_res_size, sr.image_size, sr.low_res_size) == (16, 0, 32, 16)
@@ -157,10 +183,24 @@ def test_workdir_errors(stages, tmp_path):
         Cascade.from_workdirs([stages["sr"], stages["base"]])
 
 
-@pytest.mark.parametrize("prompt", [
-    "../../etc/passwd", "/absolute/path", "a\\b", "..", ".hidden", "", "   ", "a red circle" * 40,
-    "ein roter Kreis über dem Quadrat", "NUL\x00byte", "CON", "😀", "a:b*c?d|e<f>g\"h",
-])
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "../../etc/passwd",
+        "/absolute/path",
+        "a\\b",
+        "..",
+        ".hidden",
+        "",
+        "   ",
+        "a red circle" * 40,
+        "ein roter Kreis über dem Quadrat",
+        "NUL\x00byte",
+        "CON",
+        "😀",
+        'a:b*c?d|e<f>g"h',
+    ],
+)
 def test_prompt_slugs_are_safe_file_names(prompt):
     slug = prompt_slug(prompt)
     assert slug and len(slug) <= 60 and set(slug) <= set("abcdefghijklmnopqrstuvwxyz0123456789-")
@@ -177,9 +217,26 @@ def test_sample_cli_writes_pngs_grid_and_manifest(stages, tmp_path, capsys):
     prompts_file = tmp_path / "prompts.txt"
     prompts_file.write_text("a green triangle\n\n../../escape attempt\n")
     out = tmp_path / "out"
-    code = main(["sample", "--workdir", stages["base"], "--workdir", stages["sr"], "--prompt", "a red circle",
-                 "--prompts-file", str(prompts_file), "--out", str(out), "--set", "0.num_steps=2",
-                 "--set", "1.guidance_weight=1", "--no-progress"])
+    code = main(
+        [
+            "sample",
+            "--workdir",
+            stages["base"],
+            "--workdir",
+            stages["sr"],
+            "--prompt",
+            "a red circle",
+            "--prompts-file",
+            str(prompts_file),
+            "--out",
+            str(out),
+            "--set",
+            "0.num_steps=2",
+            "--set",
+            "1.guidance_weight=1",
+            "--no-progress",
+        ]
+    )
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert [e["prompt"] for e in manifest] == ["a red circle", "a green triangle", "../../escape attempt"]
@@ -192,15 +249,18 @@ def test_sample_cli_writes_pngs_grid_and_manifest(stages, tmp_path, capsys):
     assert "stage 0 base: 16 px, ddim 2 steps, w=3" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--workdir", "{root}/missing", "--prompt", "x"], "does not exist"),
-    (["--workdir", "{base}", "--workdir", "{root}/missing", "--prompt", "x"], "does not exist"),
-    (["--workdir", "{base}"], "at least one non-empty prompt"),
-    (["--workdir", "{base}", "--prompt", "x", "--set", "3.guidance_weight=2"], "stage 3 does not exist"),
-    (["--workdir", "{base}", "--prompt", "x", "--set", "0.weight=2"], "unknown field"),
-    (["--workdir", "{base}", "--prompt", "x", "--set", "0.num_steps=many"], "takes a int"),
-    (["--workdir", "{base}", "--prompts-file", "{root}/none.txt"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--workdir", "{root}/missing", "--prompt", "x"], "does not exist"),
+        (["--workdir", "{base}", "--workdir", "{root}/missing", "--prompt", "x"], "does not exist"),
+        (["--workdir", "{base}"], "at least one non-empty prompt"),
+        (["--workdir", "{base}", "--prompt", "x", "--set", "3.guidance_weight=2"], "stage 3 does not exist"),
+        (["--workdir", "{base}", "--prompt", "x", "--set", "0.weight=2"], "unknown field"),
+        (["--workdir", "{base}", "--prompt", "x", "--set", "0.num_steps=many"], "takes a int"),
+        (["--workdir", "{base}", "--prompts-file", "{root}/none.txt"], "does not exist"),
+    ],
+)
 def test_sample_cli_errors_are_clear(stages, tmp_path, args, message, capsys):
     args = [a.format(root=stages["root"], base=stages["base"]) for a in args]
     assert main(["sample", *args, "--out", str(tmp_path / "o"), "--no-progress"]) == 2

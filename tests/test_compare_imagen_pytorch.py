@@ -19,15 +19,29 @@ DEFAULT_MATCHED_PARAMS = 17_163_843
 
 
 def test_matched_unet_is_built_as_claimed():
-    arch = compare.Architecture(image_size=16, dim=32, dim_mults=(1, 2), num_resnet_blocks=1,
-                                layer_attns=(False, True), attn_dim_head=32, text_len=8, text_dim=16, batch=2)
+    arch = compare.Architecture(
+        image_size=16,
+        dim=32,
+        dim_mults=(1, 2),
+        num_resnet_blocks=1,
+        layer_attns=(False, True),
+        attn_dim_head=32,
+        text_len=8,
+        text_dim=16,
+        batch=2,
+    )
     config = compare.matched_config(arch)
     params = nn.meta.unbox(abstract_params(build_model(config.model), config))  # the real init, traced (no compile)
     assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == compare.matched_param_count(arch)
     # widths: level l has dim * dim_mults[l] channels; attention (one 32-channel head) only at level 1 and the middle
     assert params["down_0_block_0"]["conv_in"]["kernel"].shape == (3, 3, 32, 32)
     assert params["down_1_block_0"]["conv_in"]["kernel"].shape == (3, 3, 32, 64)
-    assert sorted(k for k in params if "attention" in k) == ["down_1_attention_0", "middle_attention", "up_1_attention_0", "up_1_attention_1"]
+    assert sorted(k for k in params if "attention" in k) == [
+        "down_1_attention_0",
+        "middle_attention",
+        "up_1_attention_0",
+        "up_1_attention_1",
+    ]
     assert params["down_1_attention_0"]["qkv"]["kernel"].shape == (64, 3, 2, 32)
     assert params["down_1_attention_0"]["text_kv"]["kernel"].shape == (16, 2, 2, 32)  # text width 16 into k/v
     assert params["down_0_downsample"]["kernel"].shape == (3, 3, 32, 32)  # one conv resamples, as the peer's

@@ -15,25 +15,37 @@ needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installe
 
 # A ~60k-parameter base UNet: the same code path as base64_2b, compiled in well under a minute.
 TINY = [
-    "--config", "configs/shapes_base32.py",
-    "--config.model.channels=8", "--config.model.channel_mult=(1,2)", "--config.model.attention_resolutions=(16,)",
-    "--config.model.head_dim=8", "--config.model.embed_dim=32", "--config.model.noise_sinusoid_dim=16",
-    "--config.model.text_dim=16", "--config.model.text_pool_heads=2", "--config.model.norm_groups=4",
-    "--config.data.max_text_length=8", "--config.mesh.data=2", "--config.mesh.fsdp=2",
+    "--config",
+    "configs/shapes_base32.py",
+    "--config.model.channels=8",
+    "--config.model.channel_mult=(1,2)",
+    "--config.model.attention_resolutions=(16,)",
+    "--config.model.head_dim=8",
+    "--config.model.embed_dim=32",
+    "--config.model.noise_sinusoid_dim=16",
+    "--config.model.text_dim=16",
+    "--config.model.text_pool_heads=2",
+    "--config.model.norm_groups=4",
+    "--config.data.max_text_length=8",
+    "--config.mesh.data=2",
+    "--config.mesh.fsdp=2",
 ]
 
 
-@pytest.mark.parametrize("name, topology, chips, megacore", [
-    ("v4-8", "v4:2x2x1", 4, True),
-    ("v4-256", "v4:4x4x8", 128, True),
-    ("v4-128", "v4:4x4x4", 64, True),
-    ("v5p-128", "v5:4x4x4", 64, True),
-    ("v5e-256", "v5e:16x16", 256, False),
-    ("v5litepod-64", "v5e:8x8", 64, False),
-    ("v6e-256", "v6e:16x16", 256, False),
-    ("V4:4x4x8", "v4:4x4x8", 128, True),
-    ("v6e:8x16", "v6e:8x16", 128, False),
-])
+@pytest.mark.parametrize(
+    "name, topology, chips, megacore",
+    [
+        ("v4-8", "v4:2x2x1", 4, True),
+        ("v4-256", "v4:4x4x8", 128, True),
+        ("v4-128", "v4:4x4x4", 64, True),
+        ("v5p-128", "v5:4x4x4", 64, True),
+        ("v5e-256", "v5e:16x16", 256, False),
+        ("v5litepod-64", "v5e:8x8", 64, False),
+        ("v6e-256", "v6e:16x16", 256, False),
+        ("V4:4x4x8", "v4:4x4x8", 128, True),
+        ("v6e:8x16", "v6e:8x16", 128, False),
+    ],
+)
 def test_slice_names(name, topology, chips, megacore):
     tpu_slice = parse_slice(name)
     assert (tpu_slice.topology, tpu_slice.chips) == (topology, chips)
@@ -66,8 +78,10 @@ def test_cli_unknown_topology(capsys):
 
 
 def test_parse_hbm_oom():
-    message = ("RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory required "
-               "for HLO temporaries (55.30G) exceeds available HBM (30.75G). HLO module: jit_train_step.")
+    message = (
+        "RESOURCE_EXHAUSTED: E1000: CompileTimeHbmOom: Ran out of memory on HBM, the total memory required "
+        "for HLO temporaries (55.30G) exceeds available HBM (30.75G). HLO module: jit_train_step."
+    )
     required, available = parse_hbm_oom(message)
     assert required == int(55.30 * GIB) and available == int(30.75 * GIB)
     assert parse_hbm_oom("something else") is None
@@ -145,8 +159,19 @@ def test_accumulated_step_counts_every_micro_batch(tmp_path):
     reports = {}
     for accum in (1, 2):
         out = tmp_path / f"accum{accum}.json"
-        rc = main(["compile-check", *TINY, f"--config.train.grad_accum_steps={accum}", "--topology", "v4-8",
-                   "--batch-size", "16", "--output", str(out)])
+        rc = main(
+            [
+                "compile-check",
+                *TINY,
+                f"--config.train.grad_accum_steps={accum}",
+                "--topology",
+                "v4-8",
+                "--batch-size",
+                "16",
+                "--output",
+                str(out),
+            ]
+        )
         assert rc == 0
         reports[accum] = json.loads(out.read_text())
     assert reports[2]["grad_accum_steps"] == 2

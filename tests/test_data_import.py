@@ -39,7 +39,9 @@ def _write_odd_images(folder):
 def test_import_folder_with_corrupt_grayscale_rgba_and_nonsquare(tmp_path, caplog):
     gray = _write_odd_images(tmp_path / "images")
     with caplog.at_level(logging.WARNING):
-        builder, report = import_dataset(tmp_path / "images", name="odd_images", data_dir=tmp_path / "tfds", num_workers=1)
+        builder, report = import_dataset(
+            tmp_path / "images", name="odd_images", data_dir=tmp_path / "tfds", num_workers=1
+        )
     assert report.written == {"train": 3}
     assert [p.split("/")[-1] for p in report.unreadable] == ["d_corrupt.jpg"]
     assert [p.split("/")[-1] for p in report.missing_caption] == ["e_no_caption.png"]
@@ -64,7 +66,12 @@ def test_import_folder_with_corrupt_grayscale_rgba_and_nonsquare(tmp_path, caplo
 
     # The pipeline center-crops the non-square image to a square batch.
     dataset = make_dataset(
-        records, PrepareExample(image_size=16, text="none"), batch_size=3, shuffle=False, process_index=0, process_count=1
+        records,
+        PrepareExample(image_size=16, text="none"),
+        batch_size=3,
+        shuffle=False,
+        process_index=0,
+        process_count=1,
     )
     batch = next(iter(dataset))
     assert batch["image"].shape == (3, 16, 16, 3) and batch["image"].dtype == np.float32
@@ -125,7 +132,10 @@ class _CatalogLike(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
 
     def _info(self):
-        features = {"picture": tfds.features.Image(shape=(None, None, 3)), "captions": tfds.features.Sequence({"text": tfds.features.Text()})}  # fmt: skip
+        features = {
+            "picture": tfds.features.Image(shape=(None, None, 3)),
+            "captions": tfds.features.Sequence({"text": tfds.features.Text()}),
+        }
         return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict(features))
 
     def _split_generators(self, dl_manager):
@@ -144,7 +154,9 @@ def test_prepared_tfds_dataset_by_name_with_configured_keys(tmp_path):
     with pytest.raises(KeyError, match="data.split"):
         open_source("catalog_like", split="train", data_dir=tmp_path, image_key="picture")
     records = open_source("catalog_like", split="validation", data_dir=tmp_path, image_key="picture")
-    prepare = PrepareExample(image_size=8, image_key="picture", text_key="captions/text", text="none", keep_caption=True)
+    prepare = PrepareExample(
+        image_size=8, image_key="picture", text_key="captions/text", text="none", keep_caption=True
+    )
     batch = next(iter(make_dataset(records, prepare, batch_size=4, shuffle=False, process_index=0, process_count=1)))
     indices = [int(c.removeprefix("first ")) for c in batch["caption"]]  # the first of several captions
     assert sorted(indices) == [0, 1, 2, 3]  # (TFDS shuffled the records when writing them)

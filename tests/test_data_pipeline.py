@@ -70,8 +70,10 @@ def test_global_batches_do_not_depend_on_the_number_of_hosts():
     random crops included (they are keyed by the global element index)."""
     prepare = PrepareExample(image_size=8, crop_size=6, random_crop=True, text="none", keep_caption=True)
     one = _take(make_dataset(_records(), prepare, batch_size=8, seed=3, process_index=0, process_count=1), 5)
-    hosts = [_take(make_dataset(_records(), prepare, batch_size=4, seed=3, process_index=i, process_count=2), 5)
-             for i in range(2)]
+    hosts = [
+        _take(make_dataset(_records(), prepare, batch_size=4, seed=3, process_index=i, process_count=2), 5)
+        for i in range(2)
+    ]
     for step in range(5):
         np.testing.assert_array_equal(np.concatenate([h[step]["image"] for h in hosts]), one[step]["image"])
         assert list(np.concatenate([h[step]["caption"] for h in hosts])) == list(one[step]["caption"])
@@ -119,8 +121,12 @@ def test_restored_iterator_yields_the_same_next_batches(shapes_source, num_worke
 def test_batch_contract_with_cached_text_embeddings(cache_dtype):
     dim, max_length = 6, 5
     rng = np.random.default_rng(1)
-    cache = [{"text_embedding": rng.normal(size=(1 + i % max_length, dim)).astype(cache_dtype)} for i in range(NUM_RECORDS)]
-    prepare = PrepareExample(image_size=8, low_res_size=4, text="embedding", max_text_length=max_length, keep_caption=True)
+    cache = [
+        {"text_embedding": rng.normal(size=(1 + i % max_length, dim)).astype(cache_dtype)} for i in range(NUM_RECORDS)
+    ]
+    prepare = PrepareExample(
+        image_size=8, low_res_size=4, text="embedding", max_text_length=max_length, keep_caption=True
+    )
     dataset = make_dataset(_records(), prepare, batch_size=4, text_embeddings=cache, process_index=0, process_count=1)
     for batch in _take(dataset, 2):
         assert batch["image"].shape == (4, 8, 8, 3) and batch["image"].dtype == np.float32
@@ -130,7 +136,9 @@ def test_batch_contract_with_cached_text_embeddings(cache_dtype):
         for row, index in enumerate(int(c) for c in batch["caption"]):
             n = 1 + index % max_length
             np.testing.assert_array_equal(batch["text_mask"][row], np.arange(max_length) < n)
-            np.testing.assert_array_equal(batch["text_embedding"][row, :n], cache[index]["text_embedding"].astype(np.float32))
+            np.testing.assert_array_equal(
+                batch["text_embedding"][row, :n], cache[index]["text_embedding"].astype(np.float32)
+            )
             assert not batch["text_embedding"][row, n:].any()
 
     with pytest.raises(ValueError, match="rebuild the cache"):
@@ -138,7 +146,9 @@ def test_batch_contract_with_cached_text_embeddings(cache_dtype):
     with pytest.raises(ValueError, match="needs the embedding cache"):
         make_dataset(_records(), prepare, batch_size=4, process_index=0, process_count=1)
     too_long = [{"text_embedding": np.zeros((max_length + 1, dim), np.float16)}] * NUM_RECORDS
-    dataset = make_dataset(_records(), prepare, batch_size=4, text_embeddings=too_long, process_index=0, process_count=1)
+    dataset = make_dataset(
+        _records(), prepare, batch_size=4, text_embeddings=too_long, process_index=0, process_count=1
+    )
     with pytest.raises(ValueError, match="max_text_length"):
         next(iter(dataset))
 
@@ -153,7 +163,9 @@ def test_batch_contract_with_a_tokenizer():
         return ids, ids != 0
 
     prepare = PrepareExample(image_size=8, text="tokens", max_text_length=length)
-    batch = _take(make_dataset(_records(), prepare, batch_size=4, tokenize=tokenize, process_index=0, process_count=1), 1)[0]
+    batch = _take(
+        make_dataset(_records(), prepare, batch_size=4, tokenize=tokenize, process_index=0, process_count=1), 1
+    )[0]
     assert set(batch) == {"image", "text_tokens", "text_mask"}  # all numeric by default
     assert batch["text_tokens"].dtype == np.int32 and batch["text_tokens"].shape == (4, length)
     decoded = ["".join(chr(t) for t in row if t) for row in batch["text_tokens"]]
@@ -167,10 +179,14 @@ def test_batch_contract_with_a_tokenizer():
 
 def test_low_res_is_the_antialiased_downsample_of_the_image(shapes_source):
     prepare = PrepareExample(image_size=32, low_res_size=8, text="none", keep_caption=True, with_shapes_labels=True)
-    batch = _take(make_dataset(shapes_source, prepare, batch_size=4, shuffle=False, process_index=0, process_count=1), 1)[0]
+    batch = _take(
+        make_dataset(shapes_source, prepare, batch_size=4, shuffle=False, process_index=0, process_count=1), 1
+    )[0]
     for row in range(4):
         pixels = np.rint((batch["image"][row] + 1) * 127.5).astype(np.uint8)
-        np.testing.assert_array_equal(pixels, render_scene(sample_scene(1, row), 32))  # center crop of a square = itself
+        np.testing.assert_array_equal(
+            pixels, render_scene(sample_scene(1, row), 32)
+        )  # center crop of a square = itself
         expected = image_ops.to_signed_unit(image_ops.downsample(pixels, 8))
         np.testing.assert_allclose(batch["low_res"][row], expected, atol=1e-6)
         # Close to the same scene rendered directly at the low resolution.
@@ -188,10 +204,16 @@ def test_low_res_is_the_antialiased_downsample_of_the_image(shapes_source):
 def test_random_crops_are_windows_of_the_resized_image():
     record = {"image": np.random.default_rng(2).integers(0, 256, (20, 30, 3), dtype=np.uint8), "caption": b"0"}
     prepare = PrepareExample(image_size=20, crop_size=10, random_crop=True, text="none")
-    crops = [b["image"][0] for b in _take(make_dataset([record], prepare, batch_size=1, process_index=0, process_count=1), 8)]
+    crops = [
+        b["image"][0] for b in _take(make_dataset([record], prepare, batch_size=1, process_index=0, process_count=1), 8)
+    ]
     full = image_ops.to_signed_unit(record["image"])
     windows = {
-        (y, x) for crop in crops for y in range(11) for x in range(21) if np.array_equal(full[y : y + 10, x : x + 10], crop)
+        (y, x)
+        for crop in crops
+        for y in range(11)
+        for x in range(21)
+        if np.array_equal(full[y : y + 10, x : x + 10], crop)
     }
     assert len(windows) > 3  # distinct positions, each an exact window (no resampling at scale 1)
     center = _take(make_dataset([record], PrepareExample(image_size=20, text="none"), batch_size=1,
@@ -243,7 +265,8 @@ def test_everything_runs_without_tensorflow(tmp_path):
         Image.fromarray(np.zeros((9, 7), np.uint8)).save({str(tmp_path / "a.png")!r})
         open({str(tmp_path / "a.txt")!r}, "w").write("black")
         import_dataset({str(tmp_path)!r}, name="tiny", data_dir={str(tmp_path / "tfds")!r}, num_workers=1)
-        for name, data_dir in (("imagen_shapes/16px_train4_test2", {str(tmp_path)!r}), ("tiny", {str(tmp_path / "tfds")!r})):
+        datasets = (("imagen_shapes/16px_train4_test2", {str(tmp_path)!r}), ("tiny", {str(tmp_path / "tfds")!r}))
+        for name, data_dir in datasets:
             source = open_source(name, data_dir=data_dir)
             dataset = make_dataset(source, PrepareExample(image_size=8, low_res_size=4, text="none"),
                                    batch_size=1, process_index=0, process_count=1)

@@ -75,13 +75,19 @@ def test_strict_needs_every_stated_attribute():
     (obj,) = scene.objects
     image = render_scene(scene, 64)
     other_background = next(c for c in ("white", "black", "gray") if c != scene.background and c != obj.color)
-    prompts = [f"a large {obj.color} {obj.shape} on a {scene.background} background",
-               f"a small {obj.color} {obj.shape} on a {scene.background} background",
-               f"a large {obj.color} {obj.shape} on a {other_background} background",
-               f"a {obj.color} {obj.shape}"]
+    prompts = [
+        f"a large {obj.color} {obj.shape} on a {scene.background} background",
+        f"a small {obj.color} {obj.shape} on a {scene.background} background",
+        f"a large {obj.color} {obj.shape} on a {other_background} background",
+        f"a {obj.color} {obj.shape}",
+    ]
     result = prompt_accuracy(np.stack([image] * 4), prompts, per_image=True)
-    assert [(x["correct"], x["strict"]) for x in result["images"]] == [(True, True), (True, False), (True, False),
-                                                                        (True, True)]
+    assert [(x["correct"], x["strict"]) for x in result["images"]] == [
+        (True, True),
+        (True, False),
+        (True, False),
+        (True, True),
+    ]
     assert result["strict"] == 0.5 and result["correct"] == 1.0
 
 

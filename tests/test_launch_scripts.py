@@ -35,16 +35,18 @@ def no_real_cloud(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{guard}{os.pathsep}{os.environ['PATH']}")
 
 
-def launch(script: str, *args: str, env: dict | None = None, cwd: Path | None = None,
-           path_prefix: Path | None = None) -> subprocess.CompletedProcess:
+def launch(
+    script: str, *args: str, env: dict | None = None, cwd: Path | None = None, path_prefix: Path | None = None
+) -> subprocess.CompletedProcess:
     """Run a launch script with bash, with no IMAGEN_JAX_* / SLURM_* variables inherited,
     and the fake tools in path_prefix first on PATH."""
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEN_JAX_", "SLURM_"))}
     if path_prefix is not None:
         clean["PATH"] = f"{path_prefix}{os.pathsep}{clean['PATH']}"
     clean.update(env or {})
-    return subprocess.run(["bash", str(LAUNCH / script), *args], capture_output=True, text=True,
-                          env=clean, cwd=cwd, timeout=30)
+    return subprocess.run(
+        ["bash", str(LAUNCH / script), *args], capture_output=True, text=True, env=clean, cwd=cwd, timeout=30
+    )
 
 
 def dry_run(script: str, *args: str, **kwargs) -> list[list[str]]:
@@ -73,8 +75,7 @@ def fails(script: str, *args: str, **kwargs) -> str:
 
 
 def ssh(worker: str, command: str) -> list[str]:
-    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", f"--worker={worker}", *SCOPE,
-            "--command", command]
+    return ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "pod", f"--worker={worker}", *SCOPE, "--command", command]
 
 
 def executable(path: Path, text: str) -> Path:
@@ -85,19 +86,35 @@ def executable(path: Path, text: str) -> Path:
 
 # ---------------------------------------------------------------- quoting and common options
 
+
 def test_quoting_is_shlex_quote():
     """Printed commands use Python's shlex.quote rule, so shlex.join gives the exact line."""
     words = ["", "a b", "it's", "$HOME", "`id`", "x;y", "é", "*", "--labels=a=b,c=d", "~/x", "a\nb"]
     out = dry_run_text("tpu_create.sh", *TARGET, "--accelerator", "v4-8", "--", *words)
-    expected = ["gcloud", "compute", "tpus", "queued-resources", "create", "pod", "--node-id", "pod",
-                *SCOPE, "--accelerator-type", "v4-8", "--runtime-version", "tpu-ubuntu2204-base", *words]
+    expected = [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "create",
+        "pod",
+        "--node-id",
+        "pod",
+        *SCOPE,
+        "--accelerator-type",
+        "v4-8",
+        "--runtime-version",
+        "tpu-ubuntu2204-base",
+        *words,
+    ]
     assert out == shlex.join(expected) + "\n"
 
 
 def test_options_in_equals_form_and_from_environment():
     env = {"IMAGEN_JAX_TPU_NAME": "pod", "IMAGEN_JAX_PROJECT": "my-project", "IMAGEN_JAX_ZONE": "us-central2-b"}
-    assert dry_run("tpu_delete.sh", env=env) == dry_run("tpu_delete.sh", "--name=pod", "--project=my-project",
-                                                        "--zone=us-central2-b")
+    assert dry_run("tpu_delete.sh", env=env) == dry_run(
+        "tpu_delete.sh", "--name=pod", "--project=my-project", "--zone=us-central2-b"
+    )
     assert dry_run("tpu_delete.sh", "--name", "other", env=env)[0][5] == "other"
 
 
@@ -125,25 +142,55 @@ def test_option_without_value():
 
 # ---------------------------------------------------------------- tpu_create.sh
 
-@pytest.mark.parametrize("accelerator, accelerator_type, runtime", [
-    ("v4-256", "v4-256", "tpu-ubuntu2204-base"),
-    ("v5e-64", "v5litepod-64", "v2-alpha-tpuv5-lite"),
-    ("v5litepod-16", "v5litepod-16", "v2-alpha-tpuv5-lite"),
-    ("v5p-128", "v5p-128", "v2-alpha-tpuv5"),
-    ("v6e-256", "v6e-256", "v2-alpha-tpuv6e"),
-])
+
+@pytest.mark.parametrize(
+    "accelerator, accelerator_type, runtime",
+    [
+        ("v4-256", "v4-256", "tpu-ubuntu2204-base"),
+        ("v5e-64", "v5litepod-64", "v2-alpha-tpuv5-lite"),
+        ("v5litepod-16", "v5litepod-16", "v2-alpha-tpuv5-lite"),
+        ("v5p-128", "v5p-128", "v2-alpha-tpuv5"),
+        ("v6e-256", "v6e-256", "v2-alpha-tpuv6e"),
+    ],
+)
 def test_create_default_runtime_per_generation(accelerator, accelerator_type, runtime):
     assert dry_run_text("tpu_create.sh", *TARGET, "--accelerator", accelerator) == (
         "gcloud compute tpus queued-resources create pod --node-id pod --project my-project --zone us-central2-b "
-        f"--accelerator-type {accelerator_type} --runtime-version {runtime}\n")
+        f"--accelerator-type {accelerator_type} --runtime-version {runtime}\n"
+    )
 
 
 def test_create_spot_runtime_and_gcloud_flags():
-    assert dry_run("tpu_create.sh", *TARGET, "--accelerator=v6e-64", "--runtime", "v2-alpha-tpuv6e-custom", "--spot",
-                   "--", "--valid-until-duration=6h", "--network=my net") == [[
-        "gcloud", "compute", "tpus", "queued-resources", "create", "pod", "--node-id", "pod", *SCOPE,
-        "--accelerator-type", "v6e-64", "--runtime-version", "v2-alpha-tpuv6e-custom", "--spot",
-        "--valid-until-duration=6h", "--network=my net"]]
+    assert dry_run(
+        "tpu_create.sh",
+        *TARGET,
+        "--accelerator=v6e-64",
+        "--runtime",
+        "v2-alpha-tpuv6e-custom",
+        "--spot",
+        "--",
+        "--valid-until-duration=6h",
+        "--network=my net",
+    ) == [
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "queued-resources",
+            "create",
+            "pod",
+            "--node-id",
+            "pod",
+            *SCOPE,
+            "--accelerator-type",
+            "v6e-64",
+            "--runtime-version",
+            "v2-alpha-tpuv6e-custom",
+            "--spot",
+            "--valid-until-duration=6h",
+            "--network=my net",
+        ]
+    ]
     assert dry_run("tpu_create.sh", *TARGET, "--accelerator", "v4-8", "--reserved")[0][-1] == "--reserved"
 
 
@@ -151,15 +198,21 @@ def test_create_errors():
     assert fails("tpu_create.sh", *TARGET).endswith("error: --accelerator is required")
     assert "give --runtime VERSION" in fails("tpu_create.sh", *TARGET, "--accelerator", "tpu7x-64")
     assert fails("tpu_create.sh", *TARGET, "--accelerator", "v4-8", "--spot", "--reserved").endswith(
-        "error: --spot and --reserved exclude each other: give one")
+        "error: --spot and --reserved exclude each other: give one"
+    )
 
 
 # ---------------------------------------------------------------- tpu_setup.sh
 
+
 def test_setup_from_pip_source():
-    assert dry_run("tpu_setup.sh", *TARGET, "--source", "git+https://github.com/org/imagen_jax@v0.1.0") == [ssh(
-        "all", "python3 -m pip install --upgrade git+https://github.com/org/imagen_jax@v0.1.0 'jax[tpu]' "
-               "&& python3 -m imagen_jax.cli --version")]
+    assert dry_run("tpu_setup.sh", *TARGET, "--source", "git+https://github.com/org/imagen_jax@v0.1.0") == [
+        ssh(
+            "all",
+            "python3 -m pip install --upgrade git+https://github.com/org/imagen_jax@v0.1.0 'jax[tpu]' "
+            "&& python3 -m imagen_jax.cli --version",
+        )
+    ]
 
 
 def test_setup_from_wheel_with_spaces_and_pinned_jax(tmp_path):
@@ -169,8 +222,12 @@ def test_setup_from_wheel_with_spaces_and_pinned_jax(tmp_path):
     commands = dry_run("tpu_setup.sh", *TARGET, "--wheel", str(wheel), "--jax", "0.10.2", "--python", "venv/bin/python")
     assert commands == [
         ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(wheel), "pod:", "--worker=all", *SCOPE],
-        ssh("all", "venv/bin/python -m pip install --upgrade ./imagen_jax-0.1.0-py3-none-any.whl 'jax[tpu]==0.10.2' "
-                   "&& venv/bin/python -m imagen_jax.cli --version")]
+        ssh(
+            "all",
+            "venv/bin/python -m pip install --upgrade ./imagen_jax-0.1.0-py3-none-any.whl 'jax[tpu]==0.10.2' "
+            "&& venv/bin/python -m imagen_jax.cli --version",
+        ),
+    ]
 
 
 def test_setup_mounts_buckets_with_gcsfuse_on_every_worker():
@@ -186,24 +243,29 @@ def test_setup_mounts_buckets_with_gcsfuse_on_every_worker():
 def test_setup_errors(tmp_path):
     assert fails("tpu_setup.sh", *TARGET).endswith("error: give exactly one of --source PIP_SPEC and --wheel FILE")
     assert "exactly one" in fails("tpu_setup.sh", *TARGET, "--source", "imagen-jax", "--wheel", "x.whl")
-    assert "is not a file: build one with 'python -m build'" in fails("tpu_setup.sh", *TARGET, "--wheel",
-                                                                      str(tmp_path / "missing.whl"))
+    assert "is not a file: build one with 'python -m build'" in fails(
+        "tpu_setup.sh", *TARGET, "--wheel", str(tmp_path / "missing.whl")
+    )
     (tmp_path / "notes.txt").write_text("")
     assert "neither a .whl nor a .tar.gz" in fails("tpu_setup.sh", *TARGET, "--wheel", str(tmp_path / "notes.txt"))
 
 
 # ---------------------------------------------------------------- tpu_train.sh
 
-START_CHECK = ("mkdir -p imagen_jax_logs; for f in imagen_jax_logs/*.pid; do if [ -e \"$f\" ] && "
-               "kill -0 \"$(cat \"$f\")\" 2>/dev/null; then echo \"$(hostname): run $(basename \"$f\" .pid) "
-               "is still running; stop it with tpu_stop.sh\" >&2; exit 1; fi; done")
+START_CHECK = (
+    'mkdir -p imagen_jax_logs; for f in imagen_jax_logs/*.pid; do if [ -e "$f" ] && '
+    'kill -0 "$(cat "$f")" 2>/dev/null; then echo "$(hostname): run $(basename "$f" .pid) '
+    'is still running; stop it with tpu_stop.sh" >&2; exit 1; fi; done'
+)
 
 
 def start_command(run: str, train: list[str]) -> str:
     log, pid = f"imagen_jax_logs/{run}.log", f"imagen_jax_logs/{run}.pid"
-    return (f"{START_CHECK}; echo \"=== $(date -u +%FT%TZ) $(hostname): start {run}\" >> {log}; "
-            f"setsid nohup {shlex.join(train)} >> {log} 2>&1 < /dev/null & echo $! > {pid}; "
-            f"echo \"$(hostname): started {run}, pid $(cat {pid}), log ~/{log}\"")
+    return (
+        f'{START_CHECK}; echo "=== $(date -u +%FT%TZ) $(hostname): start {run}" >> {log}; '
+        f"setsid nohup {shlex.join(train)} >> {log} 2>&1 < /dev/null & echo $! > {pid}; "
+        f'echo "$(hostname): started {run}, pid $(cat {pid}), log ~/{log}"'
+    )
 
 
 @pytest.fixture
@@ -218,19 +280,62 @@ def config_dir(tmp_path) -> Path:
 
 def test_train_copies_configs_and_starts_on_all_workers(config_dir):
     config = config_dir / "base64_2b.py"
-    commands = dry_run("tpu_train.sh", *TARGET, "--config", str(config), "--workdir", "gs://bucket/runs/base64/",
-                       "--env", "LIBTPU_INIT_ARGS=--xla_a=true --xla_b=1", "--config.text.prompt=a cat's hat",
-                       "--config.train.steps", "10", "--override", "--", "--config.seed=3")
+    commands = dry_run(
+        "tpu_train.sh",
+        *TARGET,
+        "--config",
+        str(config),
+        "--workdir",
+        "gs://bucket/runs/base64/",
+        "--env",
+        "LIBTPU_INIT_ARGS=--xla_a=true --xla_b=1",
+        "--config.text.prompt=a cat's hat",
+        "--config.train.steps",
+        "10",
+        "--override",
+        "--",
+        "--config.seed=3",
+    )
     remote_dir = "imagen_jax_runs/base64/configs"
     assert commands == [
         ssh("all", f"mkdir -p {remote_dir}"),
-        ["gcloud", "compute", "tpus", "tpu-vm", "scp", str(config), str(config_dir / "common.py"),
-         f"pod:{remote_dir}/", "--worker=all", *SCOPE],
-        ssh("all", start_command("base64", [
-            "env", "IMAGEN_JAX_GCS_MOUNT=/gcs", "LIBTPU_INIT_ARGS=--xla_a=true --xla_b=1", "python3", "-m",
-            "imagen_jax.cli", "train",
-            "--config", f"{remote_dir}/base64_2b.py", "--workdir", "gs://bucket/runs/base64/", "--no-progress",
-            "--config.text.prompt=a cat's hat", "--config.train.steps", "10", "--override", "--config.seed=3"])),
+        [
+            "gcloud",
+            "compute",
+            "tpus",
+            "tpu-vm",
+            "scp",
+            str(config),
+            str(config_dir / "common.py"),
+            f"pod:{remote_dir}/",
+            "--worker=all",
+            *SCOPE,
+        ],
+        ssh(
+            "all",
+            start_command(
+                "base64",
+                [
+                    "env",
+                    "IMAGEN_JAX_GCS_MOUNT=/gcs",
+                    "LIBTPU_INIT_ARGS=--xla_a=true --xla_b=1",
+                    "python3",
+                    "-m",
+                    "imagen_jax.cli",
+                    "train",
+                    "--config",
+                    f"{remote_dir}/base64_2b.py",
+                    "--workdir",
+                    "gs://bucket/runs/base64/",
+                    "--no-progress",
+                    "--config.text.prompt=a cat's hat",
+                    "--config.train.steps",
+                    "10",
+                    "--override",
+                    "--config.seed=3",
+                ],
+            ),
+        ),
     ]
 
 
@@ -238,15 +343,42 @@ def test_train_config_parameter_is_kept(config_dir):
     commands = dry_run("tpu_train.sh", *TARGET, "--config", f"{config_dir}/base64_2b.py:small", "--workdir", "gs://b/s")
     assert commands[1][5:7] == [str(config_dir / "base64_2b.py"), str(config_dir / "common.py")]
     assert "--config imagen_jax_runs/s/configs/base64_2b.py:small --workdir gs://b/s --no-progress " in _remote(
-        commands[2])
+        commands[2]
+    )
 
 
 def test_train_config_already_on_workers():
-    assert dry_run("tpu_train.sh", *TARGET, "--config", "imagen_jax/configs/sr256.py", "--workdir", "gs://b/sr",
-                   "--run", "sr256-try2", "--no-copy-config") == [ssh("all", start_command("sr256-try2", [
-                       "env", "IMAGEN_JAX_GCS_MOUNT=/gcs", "python3", "-m", "imagen_jax.cli", "train", "--config",
-                       "imagen_jax/configs/sr256.py",
-                       "--workdir", "gs://b/sr", "--no-progress"]))]
+    assert dry_run(
+        "tpu_train.sh",
+        *TARGET,
+        "--config",
+        "imagen_jax/configs/sr256.py",
+        "--workdir",
+        "gs://b/sr",
+        "--run",
+        "sr256-try2",
+        "--no-copy-config",
+    ) == [
+        ssh(
+            "all",
+            start_command(
+                "sr256-try2",
+                [
+                    "env",
+                    "IMAGEN_JAX_GCS_MOUNT=/gcs",
+                    "python3",
+                    "-m",
+                    "imagen_jax.cli",
+                    "train",
+                    "--config",
+                    "imagen_jax/configs/sr256.py",
+                    "--workdir",
+                    "gs://b/sr",
+                    "--no-progress",
+                ],
+            ),
+        )
+    ]
 
 
 def test_train_errors_and_warning(config_dir):
@@ -254,12 +386,15 @@ def test_train_errors_and_warning(config_dir):
     assert fails("tpu_train.sh", *TARGET, "--workdir", "gs://b/x").endswith("error: --config is required")
     assert fails("tpu_train.sh", *TARGET, "--config", config).endswith("error: --workdir is required")
     assert "is not a .py file here: give a local config file, or --no-copy-config" in fails(
-        "tpu_train.sh", *TARGET, "--config", "nope.py", "--workdir", "gs://b/x")
+        "tpu_train.sh", *TARGET, "--config", "nope.py", "--workdir", "gs://b/x"
+    )
     (config_dir / "notes.txt").write_text("")
-    assert "is not a .py file here" in fails("tpu_train.sh", *TARGET, "--config", str(config_dir / "notes.txt"),
-                                             "--workdir", "gs://b/x")
-    assert "give --run NAME" in fails("tpu_train.sh", *TARGET, "--config", config, "--workdir", "gs://b/x",
-                                      "--run", "a b")
+    assert "is not a .py file here" in fails(
+        "tpu_train.sh", *TARGET, "--config", str(config_dir / "notes.txt"), "--workdir", "gs://b/x"
+    )
+    assert "give --run NAME" in fails(
+        "tpu_train.sh", *TARGET, "--config", config, "--workdir", "gs://b/x", "--run", "a b"
+    )
     assert "give --run NAME" in fails("tpu_train.sh", *TARGET, "--config", config, "--workdir", "gs://")
     assert "--env expects KEY=VALUE" in fails("tpu_train.sh", *TARGET, "--env", "1X=2")
     result = launch("tpu_train.sh", *TARGET, "--config", config, "--workdir", "/tmp/run", "--dry-run")
@@ -268,27 +403,36 @@ def test_train_errors_and_warning(config_dir):
 
 # ---------------------------------------------------------------- status, logs, stop, delete
 
-STATUS_REMOTE = ("for f in {pids}; do [ -e \"$f\" ] || continue; run=$(basename \"$f\" .pid); "
-                 "if kill -0 \"$(cat \"$f\")\" 2>/dev/null; then state=running; else state=stopped; fi; "
-                 "echo \"$(hostname) $run $state: $(tail -n 1 \"imagen_jax_logs/$run.log\" 2>/dev/null)\"; done")
-STOP_REMOTE = ("for f in {pids}; do [ -e \"$f\" ] || continue; pid=$(cat \"$f\"); if kill -0 \"$pid\" 2>/dev/null; "
-               "then kill -{sig} -- \"-$pid\" && echo \"$(hostname): sent {sig} to run $(basename \"$f\" .pid) "
-               "(process group $pid)\"; fi; done")
+STATUS_REMOTE = (
+    'for f in {pids}; do [ -e "$f" ] || continue; run=$(basename "$f" .pid); '
+    'if kill -0 "$(cat "$f")" 2>/dev/null; then state=running; else state=stopped; fi; '
+    'echo "$(hostname) $run $state: $(tail -n 1 "imagen_jax_logs/$run.log" 2>/dev/null)"; done'
+)
+STOP_REMOTE = (
+    'for f in {pids}; do [ -e "$f" ] || continue; pid=$(cat "$f"); if kill -0 "$pid" 2>/dev/null; '
+    'then kill -{sig} -- "-$pid" && echo "$(hostname): sent {sig} to run $(basename "$f" .pid) '
+    '(process group $pid)"; fi; done'
+)
 DESCRIBE = ["gcloud", "compute", "tpus", "queued-resources", "describe", "pod", *SCOPE]
 
 
 def test_status():
-    assert dry_run("tpu_status.sh", *TARGET) == [DESCRIBE, ssh("all", STATUS_REMOTE.format(pids="imagen_jax_logs/*.pid"))]
+    assert dry_run("tpu_status.sh", *TARGET) == [
+        DESCRIBE,
+        ssh("all", STATUS_REMOTE.format(pids="imagen_jax_logs/*.pid")),
+    ]
     assert dry_run("tpu_status.sh", *TARGET, "--run", "r1") == [
-        DESCRIBE, ssh("all", STATUS_REMOTE.format(pids="imagen_jax_logs/r1.pid"))]
+        DESCRIBE,
+        ssh("all", STATUS_REMOTE.format(pids="imagen_jax_logs/r1.pid")),
+    ]
     assert dry_run("tpu_status.sh", *TARGET, "--queue-only") == [DESCRIBE]
 
 
 def test_logs():
-    assert dry_run("tpu_logs.sh", *TARGET) == [
-        ssh("0", 'tail -n 100 "$(ls -t imagen_jax_logs/*.log | head -n 1)"')]
+    assert dry_run("tpu_logs.sh", *TARGET) == [ssh("0", 'tail -n 100 "$(ls -t imagen_jax_logs/*.log | head -n 1)"')]
     assert dry_run("tpu_logs.sh", *TARGET, "--run", "r1", "--worker", "all", "--lines", "5", "--follow") == [
-        ssh("all", "tail -n 5 -F imagen_jax_logs/r1.log")]
+        ssh("all", "tail -n 5 -F imagen_jax_logs/r1.log")
+    ]
     assert "--worker expects a worker number or 'all'" in fails("tpu_logs.sh", *TARGET, "--worker", "w1")
     assert "--lines expects a number" in fails("tpu_logs.sh", *TARGET, "--lines", "5;rm")
 
@@ -296,7 +440,8 @@ def test_logs():
 def test_stop():
     assert dry_run("tpu_stop.sh", *TARGET) == [ssh("all", STOP_REMOTE.format(pids="imagen_jax_logs/*.pid", sig="TERM"))]
     assert dry_run("tpu_stop.sh", *TARGET, "--run", "r1", "--signal", "KILL") == [
-        ssh("all", STOP_REMOTE.format(pids="imagen_jax_logs/r1.pid", sig="KILL"))]
+        ssh("all", STOP_REMOTE.format(pids="imagen_jax_logs/r1.pid", sig="KILL"))
+    ]
     assert "--signal expects TERM, INT or KILL" in fails("tpu_stop.sh", *TARGET, "--signal", "HUP")
 
 
@@ -308,13 +453,16 @@ def test_delete():
 
 # ---------------------------------------------------------------- really running
 
+
 @pytest.fixture
 def fake_gcloud(tmp_path) -> tuple[Path, Path]:
     """A gcloud on PATH that appends its argv (JSON) to a file; returns (bin dir, log)."""
     bin_dir, log = tmp_path / "bin", tmp_path / "gcloud_calls.jsonl"
     bin_dir.mkdir()
-    executable(bin_dir / "gcloud", f"#!{sys.executable}\nimport json, sys\n"
-                                   f"open({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n")
+    executable(
+        bin_dir / "gcloud",
+        f"#!{sys.executable}\nimport json, sys\nopen({str(log)!r}, 'a').write(json.dumps(sys.argv[1:]) + '\\n')\n",
+    )
     return bin_dir, log
 
 
@@ -344,8 +492,14 @@ def _remote(command: list[str]) -> str:
 
 def _run_remote(command: list[str], home: Path) -> subprocess.CompletedProcess:
     """Run a printed ssh command's remote part as a worker would: its login shell, in home."""
-    return subprocess.run(["bash", "-c", _remote(command)], cwd=home, capture_output=True, text=True, timeout=30,
-                          env={**os.environ, "HOME": str(home)})
+    return subprocess.run(
+        ["bash", "-c", _remote(command)],
+        cwd=home,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**os.environ, "HOME": str(home)},
+    )
 
 
 def _wait(predicate, seconds: float = 10.0) -> bool:
@@ -387,10 +541,23 @@ def test_remote_fragments_start_report_refuse_and_stop_a_run(tmp_path, reaper):
     """The worker-side scripts of train, status, logs and stop, run by bash in a scratch home."""
     home = tmp_path / "home"
     home.mkdir()
-    fake_python = executable(tmp_path / "fake python", "#!/bin/sh\nprintf '%s\\n' \"$@\" > argv.txt\n"
-                                                       "echo 'step 1 loss 0.5'\nexec sleep 60\n")
-    train = dry_run("tpu_train.sh", *TARGET, "--config", "configs/x.py", "--workdir", "gs://b/run one", "--run", "r1",
-                    "--no-copy-config", "--python", str(fake_python), "--config.prompt=it's a \"cat\"")[0]
+    fake_python = executable(
+        tmp_path / "fake python", "#!/bin/sh\nprintf '%s\\n' \"$@\" > argv.txt\necho 'step 1 loss 0.5'\nexec sleep 60\n"
+    )
+    train = dry_run(
+        "tpu_train.sh",
+        *TARGET,
+        "--config",
+        "configs/x.py",
+        "--workdir",
+        "gs://b/run one",
+        "--run",
+        "r1",
+        "--no-copy-config",
+        "--python",
+        str(fake_python),
+        '--config.prompt=it\'s a "cat"',
+    )[0]
     started = _run_remote(train, home)
     pid = int((home / "imagen_jax_logs" / "r1.pid").read_text())
     try:
@@ -398,12 +565,21 @@ def test_remote_fragments_start_report_refuse_and_stop_a_run(tmp_path, reaper):
         assert f"started r1, pid {pid}, log ~/imagen_jax_logs/r1.log" in started.stdout
         assert _wait(lambda: (home / "argv.txt").exists() and "step 1" in (home / "imagen_jax_logs/r1.log").read_text())
         assert (home / "argv.txt").read_text().splitlines() == [
-            "-m", "imagen_jax.cli", "train", "--config", "configs/x.py", "--workdir", "gs://b/run one",
-            "--no-progress", "--config.prompt=it's a \"cat\""]
+            "-m",
+            "imagen_jax.cli",
+            "train",
+            "--config",
+            "configs/x.py",
+            "--workdir",
+            "gs://b/run one",
+            "--no-progress",
+            '--config.prompt=it\'s a "cat"',
+        ]
         assert os.getpgid(pid) == pid  # its own process group, so stop reaches its children
 
-        again = _run_remote(dry_run("tpu_train.sh", *TARGET, "--config", "c.py", "--workdir", "gs://b/r2",
-                                    "--no-copy-config")[0], home)
+        again = _run_remote(
+            dry_run("tpu_train.sh", *TARGET, "--config", "c.py", "--workdir", "gs://b/r2", "--no-copy-config")[0], home
+        )
         assert again.returncode == 1 and "run r1 is still running; stop it with tpu_stop.sh" in again.stderr
 
         status = _run_remote(dry_run("tpu_status.sh", *TARGET)[1], home)
@@ -424,8 +600,12 @@ def test_remote_fragments_start_report_refuse_and_stop_a_run(tmp_path, reaper):
 
 # ---------------------------------------------------------------- slurm_gpu.sbatch
 
-SLURM_ENV = {"SLURM_JOB_NODELIST": "gpu-node-[001-002]", "SLURM_JOB_NUM_NODES": "2", "SLURM_NTASKS": "2",
-             "SLURM_JOB_ID": "4242"}
+SLURM_ENV = {
+    "SLURM_JOB_NODELIST": "gpu-node-[001-002]",
+    "SLURM_JOB_NUM_NODES": "2",
+    "SLURM_NTASKS": "2",
+    "SLURM_JOB_ID": "4242",
+}
 TASK_SHELL = ["bash", "-c", 'export IMAGEN_JAX_PROCESS_ID="$SLURM_PROCID"; exec "$@"', "imagen-jax-task"]
 
 
@@ -434,33 +614,82 @@ def slurm_bin(tmp_path) -> Path:
     """scontrol that expands the node list; srun that runs each task with its SLURM_PROCID."""
     bin_dir = tmp_path / "slurm_bin"
     bin_dir.mkdir()
-    executable(bin_dir / "scontrol", '#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu-node-[001-002]" ] || exit 1\n'
-                                     "echo gpu-node-001\necho gpu-node-002\n")
-    executable(bin_dir / "srun", "#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\n"
-                                 'for id in 0 1; do SLURM_PROCID=$id "$@" || exit; done\n')
+    executable(
+        bin_dir / "scontrol",
+        '#!/bin/sh\n[ "$1 $2 $3" = "show hostnames gpu-node-[001-002]" ] || exit 1\n'
+        "echo gpu-node-001\necho gpu-node-002\n",
+    )
+    executable(
+        bin_dir / "srun",
+        '#!/bin/bash\nwhile [[ $1 == --* ]]; do shift; done\nfor id in 0 1; do SLURM_PROCID=$id "$@" || exit; done\n',
+    )
     return bin_dir
 
 
 def test_slurm_dry_run(slurm_bin):
-    assert dry_run("slurm_gpu.sbatch", "--config", "configs/base64_2b.py", "--workdir", "/shared/my runs/b64",
-                   "--config.seed=1", env=SLURM_ENV, path_prefix=slurm_bin) == [[
-        "srun", "--ntasks-per-node=1", "--kill-on-bad-exit=1", "env", "IMAGEN_JAX_COORDINATOR=gpu-node-001:24242",
-        "IMAGEN_JAX_NUM_PROCESSES=2", *TASK_SHELL, "python3", "-m", "imagen_jax.cli", "train",
-        "--config", "configs/base64_2b.py", "--workdir", "/shared/my runs/b64", "--no-progress", "--config.seed=1"]]
-    port = dry_run("slurm_gpu.sbatch", "--config", "c.py", "--workdir", "w", "--port", "6000", env=SLURM_ENV,
-                   path_prefix=slurm_bin)[0][4]
+    assert dry_run(
+        "slurm_gpu.sbatch",
+        "--config",
+        "configs/base64_2b.py",
+        "--workdir",
+        "/shared/my runs/b64",
+        "--config.seed=1",
+        env=SLURM_ENV,
+        path_prefix=slurm_bin,
+    ) == [
+        [
+            "srun",
+            "--ntasks-per-node=1",
+            "--kill-on-bad-exit=1",
+            "env",
+            "IMAGEN_JAX_COORDINATOR=gpu-node-001:24242",
+            "IMAGEN_JAX_NUM_PROCESSES=2",
+            *TASK_SHELL,
+            "python3",
+            "-m",
+            "imagen_jax.cli",
+            "train",
+            "--config",
+            "configs/base64_2b.py",
+            "--workdir",
+            "/shared/my runs/b64",
+            "--no-progress",
+            "--config.seed=1",
+        ]
+    ]
+    port = dry_run(
+        "slurm_gpu.sbatch", "--config", "c.py", "--workdir", "w", "--port", "6000", env=SLURM_ENV, path_prefix=slurm_bin
+    )[0][4]
     assert port == "IMAGEN_JAX_COORDINATOR=gpu-node-001:6000"
 
 
 def test_slurm_errors(slurm_bin):
-    assert "not inside a SLURM job: submit with sbatch" in fails("slurm_gpu.sbatch", "--config", "c.py",
-                                                                 "--workdir", "w", "--dry-run")
+    assert "not inside a SLURM job: submit with sbatch" in fails(
+        "slurm_gpu.sbatch", "--config", "c.py", "--workdir", "w", "--dry-run"
+    )
     assert fails("slurm_gpu.sbatch", "--workdir", "w", env=SLURM_ENV, path_prefix=slurm_bin).endswith(
-        "error: --config is required")
-    assert "submit with --ntasks-per-node=1" in fails("slurm_gpu.sbatch", "--config", "c.py", "--workdir", "w",
-                                                      env={**SLURM_ENV, "SLURM_NTASKS": "16"}, path_prefix=slurm_bin)
-    assert "--port expects a port number" in fails("slurm_gpu.sbatch", "--config", "c.py", "--workdir", "w",
-                                                   "--port", "99999", env=SLURM_ENV, path_prefix=slurm_bin)
+        "error: --config is required"
+    )
+    assert "submit with --ntasks-per-node=1" in fails(
+        "slurm_gpu.sbatch",
+        "--config",
+        "c.py",
+        "--workdir",
+        "w",
+        env={**SLURM_ENV, "SLURM_NTASKS": "16"},
+        path_prefix=slurm_bin,
+    )
+    assert "--port expects a port number" in fails(
+        "slurm_gpu.sbatch",
+        "--config",
+        "c.py",
+        "--workdir",
+        "w",
+        "--port",
+        "99999",
+        env=SLURM_ENV,
+        path_prefix=slurm_bin,
+    )
     assert "unknown option '--name'" in fails("slurm_gpu.sbatch", "--name", "pod")
 
 
@@ -470,18 +699,31 @@ def test_slurm_job_from_spool_copy_gives_each_task_its_process_id(slurm_bin, tmp
     spool = tmp_path / "spool"
     spool.mkdir()
     shutil.copy(LAUNCH / "slurm_gpu.sbatch", spool / "slurm_script")
-    fake_python = executable(tmp_path / "python", "#!/bin/sh\necho \"$IMAGEN_JAX_COORDINATOR $IMAGEN_JAX_NUM_PROCESSES "
-                                                  "$IMAGEN_JAX_PROCESS_ID $*\"\n")
-    env = {**os.environ, **SLURM_ENV, "SLURM_SUBMIT_DIR": str(LAUNCH.parent),
-           "PATH": f"{slurm_bin}{os.pathsep}{os.environ['PATH']}"}
-    result = subprocess.run(["bash", str(spool / "slurm_script"), "--config", "c.py", "--workdir", "w x",
-                             "--python", str(fake_python)], capture_output=True, text=True, env=env, timeout=30)
+    fake_python = executable(
+        tmp_path / "python",
+        '#!/bin/sh\necho "$IMAGEN_JAX_COORDINATOR $IMAGEN_JAX_NUM_PROCESSES $IMAGEN_JAX_PROCESS_ID $*"\n',
+    )
+    env = {
+        **os.environ,
+        **SLURM_ENV,
+        "SLURM_SUBMIT_DIR": str(LAUNCH.parent),
+        "PATH": f"{slurm_bin}{os.pathsep}{os.environ['PATH']}",
+    }
+    result = subprocess.run(
+        ["bash", str(spool / "slurm_script"), "--config", "c.py", "--workdir", "w x", "--python", str(fake_python)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=30,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == [
-        f"gpu-node-001:24242 2 {i} -m imagen_jax.cli train --config c.py --workdir w x --no-progress" for i in (0, 1)]
+        f"gpu-node-001:24242 2 {i} -m imagen_jax.cli train --config c.py --workdir w x --no-progress" for i in (0, 1)
+    ]
 
 
 # ---------------------------------------------------------------- shellcheck
+
 
 def test_shellcheck_clean():
     if shutil.which("shellcheck") is None:

@@ -53,8 +53,12 @@ def test_weighted_loss_is_the_x_space_error_times_clipped_snr(prediction, gamma,
     snr = np.exp(lam)
     weight = np.clip(snr, floor if floor is not None else 0.0, gamma if gamma is not None else np.inf)
     want = weight * ((x_hat - x) ** 2).mean(axis=(1, 2, 3))
-    got = per_example_loss(*(jnp.asarray(a, jnp.float32) for a in (out, x, eps, lam)), prediction=prediction,
-                           min_snr_gamma=gamma, snr_floor=floor)
+    got = per_example_loss(
+        *(jnp.asarray(a, jnp.float32) for a in (out, x, eps, lam)),
+        prediction=prediction,
+        min_snr_gamma=gamma,
+        snr_floor=floor,
+    )
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-4)
 
 
@@ -68,11 +72,23 @@ def test_oracle_model_has_zero_loss_and_zero_model_does_not(prediction):
         return {"eps": eps, "x": cond, "v": a * eps - s * cond}[prediction]
 
     with jax.enable_x64(True):
-        loss, aux = diffusion_loss(oracle, x.astype(jnp.float64), x.astype(jnp.float64), jax.random.key(0),
-                                   schedule=Schedule("cosine"), prediction=prediction)
+        loss, aux = diffusion_loss(
+            oracle,
+            x.astype(jnp.float64),
+            x.astype(jnp.float64),
+            jax.random.key(0),
+            schedule=Schedule("cosine"),
+            prediction=prediction,
+        )
     assert float(loss) < 1e-12
-    loss0, aux0 = diffusion_loss(lambda z, l, c: jnp.zeros_like(z), x, None, jax.random.key(0),
-                                 schedule=Schedule("cosine"), prediction=prediction)
+    loss0, aux0 = diffusion_loss(
+        lambda z, l, c: jnp.zeros_like(z),
+        x,
+        None,
+        jax.random.key(0),
+        schedule=Schedule("cosine"),
+        prediction=prediction,
+    )
     assert float(loss0) > 0.05
     assert aux0["loss"].shape == (16,) and aux0["logsnr"].shape == (16,)
 

@@ -18,12 +18,20 @@ from imagen_jax.parallel import (
 class TinyMLP(nn.Module):
     @nn.compact
     def __call__(self, x):
-        w1 = self.param("w1", nn.with_logical_partitioning(nn.initializers.normal(), ("embed", "mlp")), (x.shape[-1], 64))
-        w2 = self.param("w2", nn.with_logical_partitioning(nn.initializers.normal(), ("mlp", "embed")), (64, x.shape[-1]))
+        w1 = self.param(
+            "w1", nn.with_logical_partitioning(nn.initializers.normal(), ("embed", "mlp")), (x.shape[-1], 64)
+        )
+        w2 = self.param(
+            "w2", nn.with_logical_partitioning(nn.initializers.normal(), ("mlp", "embed")), (64, x.shape[-1])
+        )
         odd = self.param("odd", nn.with_logical_partitioning(nn.initializers.zeros, ("mlp",)), (6,))
         plain = self.param("plain", nn.initializers.zeros, (3,))
-        qkv = self.param("qkv", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "heads", "kv")), (x.shape[-1], 3, 8))
-        heads = self.param("heads", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "heads", "kv")), (x.shape[-1], 4, 8))
+        qkv = self.param(
+            "qkv", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "heads", "kv")), (x.shape[-1], 3, 8)
+        )
+        heads = self.param(
+            "heads", nn.with_logical_partitioning(nn.initializers.zeros, ("embed", "heads", "kv")), (x.shape[-1], 4, 8)
+        )
         return jax.nn.relu(x @ w1) @ w2 + odd.sum() + plain.sum() + qkv.sum() + heads.sum()
 
 

@@ -39,7 +39,9 @@ def test_q_sample_matches_reference(x64):
     lam = np.array([-7.0, -1.0, 2.5, 12.0])
     ab = ab_from_logsnr(lam)[:, None, None, None]
     ref = np.sqrt(ab) * x + np.sqrt(1 - ab) * eps
-    np.testing.assert_allclose(np.asarray(q_sample(jnp.asarray(x), jnp.asarray(lam), jnp.asarray(eps))), ref, rtol=1e-12)
+    np.testing.assert_allclose(
+        np.asarray(q_sample(jnp.asarray(x), jnp.asarray(lam), jnp.asarray(eps))), ref, rtol=1e-12
+    )
 
 
 def test_posterior_matches_ddpm_form(x64):
@@ -52,7 +54,9 @@ def test_posterior_matches_ddpm_form(x64):
     beta_ts = 1 - a_ts
     x = RNG.normal(size=(4, 5))
     z = RNG.normal(size=(4, 5))
-    ref_mean = (np.sqrt(ab_s) * beta_ts / (1 - ab_t))[:, None] * x + (np.sqrt(a_ts) * (1 - ab_s) / (1 - ab_t))[:, None] * z
+    ref_mean = (np.sqrt(ab_s) * beta_ts / (1 - ab_t))[:, None] * x + (np.sqrt(a_ts) * (1 - ab_s) / (1 - ab_t))[
+        :, None
+    ] * z
     ref_var = (1 - ab_s) / (1 - ab_t) * beta_ts
     mean, var = posterior(jnp.asarray(z), jnp.asarray(x), jnp.asarray(lam_t), jnp.asarray(lam_s))
     np.testing.assert_allclose(np.asarray(mean), ref_mean, rtol=1e-10)

@@ -82,8 +82,10 @@ def draw(model, kind, num_steps, key=0, start_logsnr=None):
     return x.mean(0), x.std(0)
 
 
-@pytest.mark.parametrize("kind,num_steps,data_tol,start_logsnr",
-                         [("ancestral", 256, 0.025, None), ("ddim", 50, 0.05, None), ("ddim", 50, 0.05, -10.0)])
+@pytest.mark.parametrize(
+    "kind,num_steps,data_tol,start_logsnr",
+    [("ancestral", 256, 0.025, None), ("ddim", 50, 0.05, None), ("ddim", 50, 0.05, -10.0)],
+)
 def test_linear_samplers_match_their_exact_recursion_and_the_data(kind, num_steps, data_tol, start_logsnr):
     mean, std = draw(optimal_eps, kind, num_steps, start_logsnr=start_logsnr)
     pred_mean, pred_std = predicted_moments(kind, num_steps, start_logsnr)
@@ -135,7 +137,9 @@ def test_x_and_v_predictions_give_the_same_samples_as_eps(kind):
     key, shape = jax.random.key(5), (512, DIM)
     ref = sample(optimal_eps, key, shape, config=config)
     for model, pred in [(optimal_x_model, "x"), (optimal_v, "v")]:
-        got = sample(model, key, shape, config=SamplerConfig(kind=kind, num_steps=20, threshold="none", prediction=pred))
+        got = sample(
+            model, key, shape, config=SamplerConfig(kind=kind, num_steps=20, threshold="none", prediction=pred)
+        )
         np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=2e-3)
 
 
@@ -198,8 +202,17 @@ def test_guidance_interval_guides_exactly_the_steps_inside_and_skips_the_other_p
     # An interval holding every step is plain guidance; one holding none is w = 1.
     everywhere = SamplerConfig(**base, guidance_logsnr_min=-50, guidance_logsnr_max=50)
     nowhere = SamplerConfig(**base, guidance_logsnr_min=30, guidance_logsnr_max=40)
-    run = lambda c, weight: np.asarray(sample(conditional_model, key, shape, config=c, cond=cond, uncond=uncond,  # noqa: E731
-                                              guidance_weight=weight))
+    run = lambda c, weight: np.asarray(  # noqa: E731
+        sample(
+            conditional_model,
+            key,
+            shape,
+            config=c,
+            cond=cond,
+            uncond=uncond,  # noqa: E731
+            guidance_weight=weight,
+        )
+    )
     np.testing.assert_allclose(run(everywhere, w), run(unbounded, w), atol=1e-6)
     np.testing.assert_allclose(run(nowhere, w), run(unbounded, 1.0), atol=1e-6)
     assert np.abs(run(unbounded, w) - run(unbounded, 1.0)).max() > 1e-2
@@ -218,7 +231,9 @@ def test_same_key_same_samples_and_thresholding_keeps_range(kind):
     assert np.abs(np.asarray(a)).max() <= 1.0 + 1e-6
     if kind != "dpm_solver_pp_2m":  # deterministic from z_1 given the key; all differ with the key
         assert not np.allclose(np.asarray(a), np.asarray(c))
-    static = sample(wild, jax.random.key(7), (16, DIM), config=SamplerConfig(kind=kind, num_steps=12, threshold="static"))
+    static = sample(
+        wild, jax.random.key(7), (16, DIM), config=SamplerConfig(kind=kind, num_steps=12, threshold="static")
+    )
     assert np.abs(np.asarray(static)).max() <= 1.0
 
 
@@ -230,10 +245,14 @@ def test_second_call_with_same_shapes_does_not_recompile():
     config = SamplerConfig(kind="ancestral", num_steps=8)
     shape = (4, DIM)
     cond = lambda v: {"c": jnp.full((4, 1), v)}  # noqa: E731
-    sample(shifted_model, jax.random.key(0), shape, config=config, cond=cond(0.1), uncond=cond(0.0), guidance_weight=2.0)
+    sample(
+        shifted_model, jax.random.key(0), shape, config=config, cond=cond(0.1), uncond=cond(0.0), guidance_weight=2.0
+    )
     before = _sample._cache_size()
     for seed, w, v in [(1, 5.0, 0.3), (2, 1.0, -0.2)]:
-        sample(shifted_model, jax.random.key(seed), shape, config=config, cond=cond(v), uncond=cond(0.0), guidance_weight=w)
+        sample(
+            shifted_model, jax.random.key(seed), shape, config=config, cond=cond(v), uncond=cond(0.0), guidance_weight=w
+        )
     # Parameters passed as leaves of a Partial are traced too: new values, same program.
     param_model = jax.tree_util.Partial(lambda p, z, l, c: optimal_eps(z, l, None) * p, jnp.float32(1.0))
     sample(param_model, jax.random.key(0), shape, config=config)

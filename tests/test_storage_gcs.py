@@ -49,8 +49,9 @@ def saved_params(uri, step):
     checkpointer = ocp.StandardCheckpointer()
     path = storage.path(uri) / "checkpoints" / str(step) / "state"
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                    checkpointer.metadata(path).item_metadata)
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), checkpointer.metadata(path).item_metadata
+    )
     state = checkpointer.restore(path, target)
     return jax.tree_util.tree_leaves(state["params"]), int(state["step"])
 
@@ -62,8 +63,11 @@ def committed_steps(gcs, prefix):
 
 @pytest.fixture(scope="module")
 def compile_cache(tmp_path_factory):
-    return {"JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+    return {
+        "JAX_COMPILATION_CACHE_DIR": str(tmp_path_factory.mktemp("jax_cache")),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -77,9 +81,13 @@ def test_paths_keep_gs_and_refuse_other_schemes(tmp_path, monkeypatch):
     assert os.fspath(storage.path("runs/a")) == str(tmp_path / "runs" / "a")
     assert storage.join("gs://bucket/run", "checkpoints") == "gs://bucket/run/checkpoints"
     assert storage.name("gs://bucket/runs/base/") == "base"
-    for bad, message in [("s3://bucket/run", "s3: is not supported"), ("gcs://bucket/run", "two slashes"),
-                         ("gs:/bucket/run", "two slashes"), ("gs://", "names no bucket"),
-                         ("http://host/x", "http: is not supported")]:
+    for bad, message in [
+        ("s3://bucket/run", "s3: is not supported"),
+        ("gcs://bucket/run", "two slashes"),
+        ("gs:/bucket/run", "two slashes"),
+        ("gs://", "names no bucket"),
+        ("http://host/x", "http: is not supported"),
+    ]:
         with pytest.raises(StorageError, match=message):
             storage.path(bad)
     with pytest.raises(StorageError, match="IMAGEN_JAX_GCS_MOUNT"):
@@ -108,7 +116,9 @@ def test_append_file_on_the_bucket_keeps_what_was_there(gcs):
 def straight_run(gcs, data_dir, compile_cache, tmp_path_factory):
     """12 steps on gs://BUCKET/straight with a sample grid every 6 steps."""
     cwd = tmp_path_factory.mktemp("cwd_straight")
-    overrides = tiny_overrides(data_dir, steps=12, **{"train.sample_every": 6, "train.sample_prompts": "('a red circle',)"})
+    overrides = tiny_overrides(
+        data_dir, steps=12, **{"train.sample_every": 6, "train.sample_prompts": "('a red circle',)"}
+    )
     run(train_cmd(gcs.uri("straight"), overrides), cwd, **compile_cache)
     return cwd
 
@@ -128,14 +138,20 @@ def test_a_training_run_writes_every_artifact_to_the_bucket(gcs, straight_run):
     no_local_gs_folder(straight_run, REPO)
 
 
-def test_sigkill_then_rerun_resumes_from_the_bucket_to_the_same_params(gcs, straight_run, data_dir, compile_cache,
-                                                                       tmp_path):
+def test_sigkill_then_rerun_resumes_from_the_bucket_to_the_same_params(
+    gcs, straight_run, data_dir, compile_cache, tmp_path
+):
     uri = gcs.uri("killed")
     # The straight run's 12 steps, slowed by a grid after every step so the kill lands mid-run.
     overrides = tiny_overrides(data_dir, steps=12, **{"train.sample_every": 1})
-    proc = subprocess.Popen(train_cmd(uri, overrides),
-                            env=env(**compile_cache), cwd=tmp_path, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(uri, overrides),
+        env=env(**compile_cache),
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         while not committed_steps(gcs, "killed"):
             assert proc.poll() is None, proc.stderr.read()[-4000:]
@@ -163,21 +179,48 @@ def write_image_folder(folder, count=16):
         (folder / f"img{i}.txt").write_text(f"a flat color number {i}")
 
 
-def test_dataset_on_the_bucket_its_embedding_cache_and_a_run_that_trains_from_it(gcs, gcs_mount, data_dir, straight_run,
-                                                                                   compile_cache, tmp_path, capsys):
+def test_dataset_on_the_bucket_its_embedding_cache_and_a_run_that_trains_from_it(
+    gcs, gcs_mount, data_dir, straight_run, compile_cache, tmp_path, capsys
+):
     write_image_folder(tmp_path / "images")
     data_uri = gcs.uri("data")
-    assert main(["data", "import", str(tmp_path / "images"), "--name", "flat_colors", "--data-dir", data_uri,
-                 "--test-size", "2"]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "import",
+                str(tmp_path / "images"),
+                "--name",
+                "flat_colors",
+                "--data-dir",
+                data_uri,
+                "--test-size",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "Imported 14 train, 2 test" in capsys.readouterr().out
     names = gcs.objects("data/flat_colors/1.0.0/")
     assert "data/flat_colors/1.0.0/dataset_info.json" in names
     assert any(".array_record-" in n and "train" in n for n in names)
-    overrides = tiny_overrides(data_dir, steps=3, **{"data.name": "flat_colors", "data.data_dir": data_uri,
-                                                     "train.sample_every": 0, "checkpoint.every": 3,
-                                                     "train.init_from": gcs.uri("straight")})
-    proc = run(train_cmd(gcs.uri("from_bucket_data"), overrides), tmp_path, IMAGEN_JAX_GCS_MOUNT=str(gcs_mount),
-               **compile_cache)
+    overrides = tiny_overrides(
+        data_dir,
+        steps=3,
+        **{
+            "data.name": "flat_colors",
+            "data.data_dir": data_uri,
+            "train.sample_every": 0,
+            "checkpoint.every": 3,
+            "train.init_from": gcs.uri("straight"),
+        },
+    )
+    proc = run(
+        train_cmd(gcs.uri("from_bucket_data"), overrides),
+        tmp_path,
+        IMAGEN_JAX_GCS_MOUNT=str(gcs_mount),
+        **compile_cache,
+    )
     assert f"params and EMA params from {gcs.uri('straight')}, step 12" in proc.stderr  # init_from on the bucket
     cache = "data/flat_colors/1.0.0/text_embeddings/tiny-random-byt5/train/"
     metadata = json.loads(gcs.read(cache + "metadata.json"))
@@ -189,9 +232,29 @@ def test_dataset_on_the_bucket_its_embedding_cache_and_a_run_that_trains_from_it
 def test_cascade_from_bucket_workdirs_samples_to_a_bucket_out(gcs, capsys):
     base, _ = make_workdir(gcs.uri("cascade"), "base")
     sr, _ = make_workdir(gcs.uri("cascade"), "sr")
-    assert main(["sample", "--workdir", base, "--workdir", sr, "--prompt", "a red circle", "--prompt",
-                 "a blue square", "--out", gcs.uri("samples"), "--set", "0.num_steps=2", "--set", "1.num_steps=2",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "sample",
+                "--workdir",
+                base,
+                "--workdir",
+                sr,
+                "--prompt",
+                "a red circle",
+                "--prompt",
+                "a blue square",
+                "--out",
+                gcs.uri("samples"),
+                "--set",
+                "0.num_steps=2",
+                "--set",
+                "1.num_steps=2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     manifest = json.loads(gcs.read("samples/manifest.json"))
     assert [e["prompt"] for e in manifest] == ["a red circle", "a blue square"]
     for entry in manifest:
@@ -229,6 +292,7 @@ def tiny_config(data_dir, **extra):
 @pytest.fixture
 def no_compile(monkeypatch):
     """Fail the test if training gets as far as compiling: storage errors come first."""
+
     def refuse(*args, **kwargs):
         raise AssertionError("the train step was compiled before the storage check")
 
@@ -272,8 +336,12 @@ class _ReadOnlyProxy(BaseHTTPRequestHandler):
 
     def _forward(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) or None
-        request = urllib.request.Request(self.upstream + self.path, data=body, method=self.command,
-                                         headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+        request = urllib.request.Request(
+            self.upstream + self.path,
+            data=body,
+            method=self.command,
+            headers={k: v for k, v in self.headers.items() if k.lower() != "host"},
+        )
         try:
             with urllib.request.urlopen(request) as r:
                 status, headers, payload = r.status, r.headers, r.read()
@@ -288,8 +356,15 @@ class _ReadOnlyProxy(BaseHTTPRequestHandler):
         self.wfile.write(payload)
 
     def _forbid(self):
-        payload = json.dumps({"error": {"code": 403, "message": "reader@project.iam.gserviceaccount.com does not "
-                                        "have storage.objects.create access to the Google Cloud Storage object."}})
+        payload = json.dumps(
+            {
+                "error": {
+                    "code": 403,
+                    "message": "reader@project.iam.gserviceaccount.com does not "
+                    "have storage.objects.create access to the Google Cloud Storage object.",
+                }
+            }
+        )
         self.send_response(403)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(payload)))

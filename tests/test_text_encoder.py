@@ -206,8 +206,10 @@ def _color_role_probe_accuracy(encoder) -> tuple[float, float]:
     labels = ids[rows, cols + 1] == vocab["background"]
     features = np.concatenate([features, np.ones((len(features), 1))], axis=1)
     n = len(features) * 2 // 3
-    w = np.linalg.solve(features[:n].T @ features[:n] + 1e-2 * np.eye(features.shape[1]),
-                        features[:n].T @ np.where(labels[:n], 1.0, -1.0))
+    w = np.linalg.solve(
+        features[:n].T @ features[:n] + 1e-2 * np.eye(features.shape[1]),
+        features[:n].T @ np.where(labels[:n], 1.0, -1.0),
+    )
     return float(np.mean((features[n:] @ w > 0) == labels[n:])), float(max(labels.mean(), 1 - labels.mean()))
 
 

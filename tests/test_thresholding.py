@@ -48,4 +48,6 @@ def test_upper_quantile_equals_numpy_quantile():
         v[1, : n // 2] = v[1, 0]  # ties
         v[2, : n // 3] = 0.0
         for q in (0.5, 0.9, 0.995, 1.0):
-            np.testing.assert_allclose(np.asarray(upper_quantile(jnp.asarray(v), q)), np.quantile(v, q, axis=1), rtol=1e-6)
+            np.testing.assert_allclose(
+                np.asarray(upper_quantile(jnp.asarray(v), q)), np.quantile(v, q, axis=1), rtol=1e-6
+            )

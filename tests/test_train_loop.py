@@ -54,23 +54,48 @@ CACHE_DIR = None  # a persistent compilation cache shared by this module's runs 
 
 
 def env(devices=1, **extra):
-    out = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               PYTHONUNBUFFERED="1", PYTHONPATH=str(REPO))
+    out = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        PYTHONUNBUFFERED="1",
+        PYTHONPATH=str(REPO),
+    )
     if CACHE_DIR:
-        out.update(JAX_COMPILATION_CACHE_DIR=str(CACHE_DIR), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-                   JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+        out.update(
+            JAX_COMPILATION_CACHE_DIR=str(CACHE_DIR),
+            JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+            JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        )
     out.update(extra)
     return out
 
 
 def train_cmd(workdir, overrides, *flags):
-    return [sys.executable, "-m", "imagen_jax.cli", "train", "--config", CONFIG, "--workdir", str(workdir),
-            "--no-progress", *flags, *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "imagen_jax.cli",
+        "train",
+        "--config",
+        CONFIG,
+        "--workdir",
+        str(workdir),
+        "--no-progress",
+        *flags,
+        *overrides,
+    ]
 
 
 def run_train(workdir, overrides, *flags, devices=1, timeout=600):
-    proc = subprocess.run(train_cmd(workdir, overrides, *flags), env=env(devices), capture_output=True, text=True,
-                          timeout=timeout, cwd=REPO)
+    proc = subprocess.run(
+        train_cmd(workdir, overrides, *flags),
+        env=env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=REPO,
+    )
     assert proc.returncode == 0, proc.stderr[-4000:]
     return proc
 
@@ -87,8 +112,9 @@ def saved_params(workdir, step, item="params"):
     path = Path(workdir) / "checkpoints" / str(step) / "state"
     checkpointer = ocp.StandardCheckpointer()
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                                    checkpointer.metadata(path).item_metadata)
+    target = jax.tree_util.tree_map(
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), checkpointer.metadata(path).item_metadata
+    )
     state = checkpointer.restore(path, target)
     return jax.tree_util.tree_leaves(state[item]), int(state["step"])
 
@@ -127,8 +153,9 @@ def test_exact_resume_after_sigkill(straight_run, data_dir, tmp_path):
     # The same 12 steps (the lr schedule's horizon is train.steps), slowed by a sample grid
     # after every step so that the kill lands between the first checkpoint and the end.
     overrides = tiny_overrides(data_dir, steps=12, **{"train.sample_every": 1})
-    proc = subprocess.Popen(train_cmd(workdir, overrides), env=env(), cwd=REPO,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(workdir, overrides), env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     wait_for_checkpoint(proc, workdir)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
@@ -148,8 +175,14 @@ def test_exact_resume_after_sigkill(straight_run, data_dir, tmp_path):
 
 def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
     workdir = tmp_path / "preempted"
-    proc = subprocess.Popen(train_cmd(workdir, tiny_overrides(data_dir, steps=1000)), env=env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        train_cmd(workdir, tiny_overrides(data_dir, steps=1000)),
+        env=env(),
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     first = wait_for_checkpoint(proc, workdir)
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
@@ -176,9 +209,18 @@ def test_two_processes_train_like_one(data_dir, tmp_path):
     procs = [
         subprocess.Popen(  # with a sample grid: sampling runs on global params across processes
             train_cmd(two, tiny_overrides(data_dir, steps=3, **{"train.sample_every": 3, "sampling.num_steps": 4})),
-            env=env(1, IMAGEN_JAX_COORDINATOR=f"127.0.0.1:{port}", IMAGEN_JAX_NUM_PROCESSES="2",
-                    IMAGEN_JAX_PROCESS_ID=str(i), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            env=env(
+                1,
+                IMAGEN_JAX_COORDINATOR=f"127.0.0.1:{port}",
+                IMAGEN_JAX_NUM_PROCESSES="2",
+                IMAGEN_JAX_PROCESS_ID=str(i),
+                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
+            ),
+            cwd=REPO,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for i in range(2)
     ]
     for p in procs:
@@ -202,8 +244,9 @@ def test_config_mismatch_is_refused(tmp_path):
 
 
 def test_overrides_are_typed_and_none_turns_an_optional_float_off():
-    config = apply_overrides(load_config(CONFIG), ["diffusion.min_snr_gamma=5.0", "optimizer.warmup_steps=7",
-                                                   "sampling.start_logsnr=-10"])
+    config = apply_overrides(
+        load_config(CONFIG), ["diffusion.min_snr_gamma=5.0", "optimizer.warmup_steps=7", "sampling.start_logsnr=-10"]
+    )
     assert config.diffusion.min_snr_gamma == 5.0 and config.optimizer.warmup_steps == 7
     assert config.sampling.start_logsnr == -10
     config = apply_overrides(config, ["diffusion.min_snr_gamma=None"])
@@ -213,10 +256,12 @@ def test_overrides_are_typed_and_none_turns_an_optional_float_off():
 
 
 def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(data_dir, tmp_path):
-    overrides = tiny_overrides(data_dir, steps=40, **{"optimizer.peak_lr": 1e30, "optimizer.warmup_steps": 0,
-                                                      "train.max_nonfinite_streak": 3})
-    proc = subprocess.run(train_cmd(tmp_path, overrides), env=env(), capture_output=True, text=True, timeout=600,
-                          cwd=REPO)
+    overrides = tiny_overrides(
+        data_dir, steps=40, **{"optimizer.peak_lr": 1e30, "optimizer.warmup_steps": 0, "train.max_nonfinite_streak": 3}
+    )
+    proc = subprocess.run(
+        train_cmd(tmp_path, overrides), env=env(), capture_output=True, text=True, timeout=600, cwd=REPO
+    )
     assert proc.returncode == 2
     assert "non-finite losses in a row" in proc.stderr and "peak_lr" in proc.stderr
     steps = committed_steps(tmp_path)
@@ -229,11 +274,19 @@ def test_init_from_starts_another_resolution_from_a_trained_stage(straight_run, 
     """train.init_from: an 8 px run starts from the 16 px run's params and EMA params (attention
     stays on the second level). At lr 0 and EMA decay 1 its first checkpoint holds exactly the
     source's params and EMA params (the two differ after the source's 12 steps)."""
-    overrides = tiny_overrides(data_dir, steps=3, **{"resolution": 8, "data.image_size": 8,
-                                                     "model.attention_resolutions": "(4,)",
-                                                     "optimizer.peak_lr": 0.0, "train.ema_decay": 1.0,
-                                                     "train.ema_warmup": False,
-                                                     "train.init_from": str(straight_run)})
+    overrides = tiny_overrides(
+        data_dir,
+        steps=3,
+        **{
+            "resolution": 8,
+            "data.image_size": 8,
+            "model.attention_resolutions": "(4,)",
+            "optimizer.peak_lr": 0.0,
+            "train.ema_decay": 1.0,
+            "train.ema_warmup": False,
+            "train.init_from": str(straight_run),
+        },
+    )
     run_train(tmp_path / "warm", overrides)
     for item in ("params", "ema_params"):
         source, _ = saved_params(straight_run, 12, item)
@@ -250,9 +303,13 @@ def test_init_from_starts_another_resolution_from_a_trained_stage(straight_run, 
     params = jax.tree_util.tree_map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved["params"])
     path, leaf = jax.tree_util.tree_leaves_with_path(params)[0]
     wider = jax.tree_util.tree_map_with_path(
-        lambda p, x: jax.ShapeDtypeStruct(x.shape[:-1] + (2 * x.shape[-1],), x.dtype) if p == path else x, params)
-    with pytest.raises(ValueError, match=rf"(?s)param \['(ema_)?params'\]{re.escape(jax.tree_util.keystr(path))} is "
-                                         rf"{re.escape(str(leaf.shape))} there.*same model section"):
+        lambda p, x: jax.ShapeDtypeStruct(x.shape[:-1] + (2 * x.shape[-1],), x.dtype) if p == path else x, params
+    )
+    with pytest.raises(
+        ValueError,
+        match=rf"(?s)param \['(ema_)?params'\]{re.escape(jax.tree_util.keystr(path))} is "
+        rf"{re.escape(str(leaf.shape))} there.*same model section",
+    ):
         warm_start(str(straight_run), SimpleNamespace(params=wider, ema_params=wider), shardings=None)
 
 

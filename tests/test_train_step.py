@@ -19,23 +19,47 @@ def tiny_config(stage="base", optimizer="adam", accum=1):
     config = ml_collections.ConfigDict()
     config.stage = stage
     config.resolution = 16
-    config.model = ml_collections.ConfigDict(dict(
-        family="unet" if stage == "base" else "efficient_unet",
-        text_dim=TEXT_DIM,
-    ))
+    config.model = ml_collections.ConfigDict(
+        dict(
+            family="unet" if stage == "base" else "efficient_unet",
+            text_dim=TEXT_DIM,
+        )
+    )
     if stage == "base":
-        config.model.update(dict(channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,),
-                                 head_dim=16, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2, norm_groups=4))
+        config.model.update(
+            dict(
+                channels=16,
+                channel_mult=(1, 2),
+                num_res_blocks=1,
+                attention_resolutions=(8,),
+                head_dim=16,
+                embed_dim=32,
+                noise_sinusoid_dim=16,
+                text_pool_heads=2,
+                norm_groups=4,
+            )
+        )
     else:
         config.low_res_resolution = 8
-        config.model.update(dict(channels=(16, 32), num_res_blocks=(1, 1), strides=(2, 2), attention=("none", "self"),
-                                 num_heads=2, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2,
-                                 norm_groups=4, low_res_conditioning=True))
-    config.diffusion = ml_collections.ConfigDict(dict(schedule=dict(kind="cosine"), prediction="eps",
-                                                      aug_schedule=dict(kind="cosine")))
+        config.model.update(
+            dict(
+                channels=(16, 32),
+                num_res_blocks=(1, 1),
+                strides=(2, 2),
+                attention=("none", "self"),
+                num_heads=2,
+                embed_dim=32,
+                noise_sinusoid_dim=16,
+                text_pool_heads=2,
+                norm_groups=4,
+                low_res_conditioning=True,
+            )
+        )
+    config.diffusion = ml_collections.ConfigDict(
+        dict(schedule=dict(kind="cosine"), prediction="eps", aug_schedule=dict(kind="cosine"))
+    )
     config.train = ml_collections.ConfigDict(dict(text_drop_prob=0.1, ema_decay=0.999, grad_accum_steps=accum))
-    config.optimizer = ml_collections.ConfigDict(dict(name=optimizer, peak_lr=1e-3, warmup_steps=2,
-                                                      grad_clip_norm=1.0))
+    config.optimizer = ml_collections.ConfigDict(dict(name=optimizer, peak_lr=1e-3, warmup_steps=2, grad_clip_norm=1.0))
     return config
 
 

@@ -23,20 +23,66 @@ TEXT_DIM, TEXT_LEN, BATCH = 12, 6, 2
 COMMON = dict(text_dim=TEXT_DIM, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2, norm_groups=4, out_channels=3)
 TINY = {
     "unet": dict(
-        stage="base", resolution=16,
-        model=dict(family="unet", channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(8,), head_dim=8, num_heads=None, text_context_dim=8, **COMMON),
+        stage="base",
+        resolution=16,
+        model=dict(
+            family="unet",
+            channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(8,),
+            head_dim=8,
+            num_heads=None,
+            text_context_dim=8,
+            **COMMON,
+        ),
     ),
     "unet_patch": dict(  # model.patch_size 2: the UNet runs on 2 x 2 pixel blocks (8 x 8 of them)
-        stage="base", resolution=16,
-        model=dict(family="unet", channels=16, channel_mult=(1, 2), num_res_blocks=1, attention_resolutions=(4,), head_dim=8, num_heads=None, patch_size=2, **COMMON),
+        stage="base",
+        resolution=16,
+        model=dict(
+            family="unet",
+            channels=16,
+            channel_mult=(1, 2),
+            num_res_blocks=1,
+            attention_resolutions=(4,),
+            head_dim=8,
+            num_heads=None,
+            patch_size=2,
+            **COMMON,
+        ),
     ),
     "efficient_self": dict(
-        stage="sr", resolution=16, low_res_resolution=8,
-        model=dict(family="efficient_unet", channels=(8, 16), num_res_blocks=(1, 2), strides=(2, 2), attention=("none", "self"), num_heads=2, low_res_conditioning=True, **COMMON),
+        stage="sr",
+        resolution=16,
+        low_res_resolution=8,
+        model=dict(
+            family="efficient_unet",
+            channels=(8, 16),
+            num_res_blocks=(1, 2),
+            strides=(2, 2),
+            attention=("none", "self"),
+            num_heads=2,
+            low_res_conditioning=True,
+            **COMMON,
+        ),
     ),
     "efficient_cross": dict(
-        stage="sr", resolution=16, low_res_resolution=8,
-        model=dict(family="efficient_unet", channels=(8, 16), num_res_blocks=(1, 1), strides=(2, 1), attention=("none", "cross"), attention_every_block=True, num_heads=2, text_context_dim=8, low_res_conditioning=True, **COMMON),
+        stage="sr",
+        resolution=16,
+        low_res_resolution=8,
+        model=dict(
+            family="efficient_unet",
+            channels=(8, 16),
+            num_res_blocks=(1, 1),
+            strides=(2, 1),
+            attention=("none", "cross"),
+            attention_every_block=True,
+            num_heads=2,
+            text_context_dim=8,
+            low_res_conditioning=True,
+            **COMMON,
+        ),
     ),
 }
 
@@ -163,7 +209,7 @@ def test_diffusion_loss_gradients_finite_and_nonzero(name):
     del inputs["logsnr"]
 
     def loss(p):
-        model_fn = lambda z, logsnr, cond: model.apply({"params": p}, z, logsnr, **cond, train=True)
+        model_fn = lambda z, logsnr, cond: model.apply({"params": p}, z, logsnr, **cond, train=True)  # noqa: E731
         return diffusion_loss(model_fn, x, inputs, jax.random.key(8), schedule=Schedule("cosine"))[0]
 
     value, grads = jax.jit(jax.value_and_grad(loss))(params)
@@ -197,9 +243,11 @@ def test_low_res_skip_starts_as_the_upsampling():
     grads = jax.grad(lambda p: jnp.mean(model.apply({"params": p}, **inputs) ** 2))(params)
     assert float(jnp.sum(jnp.abs(grads["low_res_skip"]["kernel"]))) > 0
     with pytest.raises(ValueError, match="low_res_conditioning"):
-        build_model(ml_collections.ConfigDict(dict(TINY["efficient_self"]["model"], low_res_skip=True,
-                                                   low_res_conditioning=False))).init(
-            jax.random.key(0), inputs["z"], inputs["logsnr"], inputs["text_embedding"], inputs["text_mask"])
+        build_model(
+            ml_collections.ConfigDict(
+                dict(TINY["efficient_self"]["model"], low_res_skip=True, low_res_conditioning=False)
+            )
+        ).init(jax.random.key(0), inputs["z"], inputs["logsnr"], inputs["text_embedding"], inputs["text_mask"])
 
 
 def test_space_to_depth_layout_and_inverse():
@@ -211,7 +259,9 @@ def test_space_to_depth_layout_and_inverse():
     blocks = np.asarray(space_to_depth(jnp.asarray(x), 2))
     assert blocks.shape == (2, 2, 3, 12)
     for i, j, a, b in [(0, 0, 0, 0), (1, 2, 1, 0), (0, 1, 1, 1), (1, 1, 0, 1)]:
-        np.testing.assert_array_equal(blocks[:, i, j, (2 * a + b) * 3:(2 * a + b + 1) * 3], x[:, 2 * i + a, 2 * j + b])
+        np.testing.assert_array_equal(
+            blocks[:, i, j, (2 * a + b) * 3 : (2 * a + b + 1) * 3], x[:, 2 * i + a, 2 * j + b]
+        )
     np.testing.assert_array_equal(np.asarray(depth_to_space(jnp.asarray(blocks), 2)), x)
     np.testing.assert_array_equal(np.asarray(space_to_depth(jnp.asarray(x), 1)), x)
 
@@ -305,6 +355,11 @@ def test_sharded_apply_matches_single_device():
 def test_params_command_prints_table(capsys):
     from imagen_jax.cli import main
 
-    assert main(["params", "--config", str(CONFIG_DIR / "shapes_base32.py"), "--config", str(CONFIG_DIR / "sr256_600m.py")]) == 0
+    assert (
+        main(
+            ["params", "--config", str(CONFIG_DIR / "shapes_base32.py"), "--config", str(CONFIG_DIR / "sr256_600m.py")]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "shapes_base32" in out and "sr256_600m" in out and "600M" in out

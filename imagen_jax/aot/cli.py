@@ -47,17 +47,24 @@ def format_report(report, config_name: str = "") -> str:
         ("config", config_name or "-"),
         ("topology", f"{report.topology} ({report.physical_topology}, {report.chips} {report.chip} chips)"),
         ("mesh", mesh),
-        ("global batch", f"{report.global_batch} ({report.grad_accum_steps} micro-batch(es) of "
-                         f"{report.global_batch // report.chips // report.grad_accum_steps} per chip)"),
+        (
+            "global batch",
+            f"{report.global_batch} ({report.grad_accum_steps} micro-batch(es) of "
+            f"{report.global_batch // report.chips // report.grad_accum_steps} per chip)",
+        ),
         ("parameters", f"{report.params:,}"),
         ("state per chip", _gib(report.state_bytes_per_chip) + "  (params, EMA, optimizer: this chip's shards)"),
     ]
     if report.error is None:
-        used = f"{_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM ({report.total_bytes / report.hbm_bytes:.0%})"
+        used = (
+            f"{_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM ({report.total_bytes / report.hbm_bytes:.0%})"
+        )
         xla_step = f"{report.xla_step_s:.3f} s" if report.xla_step_s is not None else "not reported"
-        flops = (f"{report.model_flops_per_step / 1e12:,.1f} TFLOP model (3 x forward); "
-                 f"XLA: {report.flops_per_chip / 1e12:,.2f} TFLOP per chip, remat included"
-                 + (f" ({report.grad_accum_steps} x the micro-batch loop)" if report.grad_accum_steps > 1 else ""))
+        flops = (
+            f"{report.model_flops_per_step / 1e12:,.1f} TFLOP model (3 x forward); "
+            f"XLA: {report.flops_per_chip / 1e12:,.2f} TFLOP per chip, remat included"
+            + (f" ({report.grad_accum_steps} x the micro-batch loop)" if report.grad_accum_steps > 1 else "")
+        )
         rows += [
             ("arguments", _gib(report.argument_bytes)),
             ("temporaries", _gib(report.temp_bytes)),
@@ -72,7 +79,10 @@ def format_report(report, config_name: str = "") -> str:
             ("MFU", f"{report.mfu:.1%}"),
         ]
     else:
-        needed = f"{_gib(report.total_bytes)} of temporaries alone, against the {_gib(report.xla_available_bytes)} of HBM XLA can use"
+        needed = (
+            f"{_gib(report.total_bytes)} of temporaries alone, against the {_gib(report.xla_available_bytes)} "
+            "of HBM XLA can use"
+        )
         rows += [("total per chip", needed), ("XLA", report.error)]
     rows.append(("compile time", f"{report.compile_s:.0f} s"))
     if report.fits:
@@ -102,7 +112,12 @@ def run(args) -> int:
     report = compile_check(config, tpu_slice, global_batch=args.batch_size)
     print(format_report(report, args.config))
     if args.output:
-        record = {"config": args.config, "overrides": list(args.config_overrides), **report.to_dict(),
-                  "jax_version": jax.__version__, "config_values": to_dict(config)}
+        record = {
+            "config": args.config,
+            "overrides": list(args.config_overrides),
+            **report.to_dict(),
+            "jax_version": jax.__version__,
+            "config_values": to_dict(config),
+        }
         storage.write_text(args.output, json.dumps(record, indent=2, sort_keys=False) + "\n")
     return 0 if report.fits else 1

@@ -76,9 +76,7 @@ class CompileReport:
         return {**dataclasses.asdict(self), "over_by_bytes": self.over_by_bytes}
 
 
-_OOM = re.compile(
-    r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)"
-)
+_OOM = re.compile(r"required for HLO temporaries \(([\d.]+)([KMGT]?)\) exceeds available HBM \(([\d.]+)([KMGT]?)\)")
 _UNITS = {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3, "T": 1024**4}
 
 
@@ -163,8 +161,13 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
     report.temp_bytes = int(memory.temp_size_in_bytes)
     report.generated_code_bytes = int(memory.generated_code_size_in_bytes)
     report.xla_peak_bytes = int(getattr(memory, "peak_memory_in_bytes", 0) or 0)
-    parts = (report.argument_bytes + report.output_bytes - report.alias_bytes + report.temp_bytes
-             + report.generated_code_bytes)
+    parts = (
+        report.argument_bytes
+        + report.output_bytes
+        - report.alias_bytes
+        + report.temp_bytes
+        + report.generated_code_bytes
+    )
     report.total_bytes = max(parts, report.xla_peak_bytes)
     report.fits = report.total_bytes <= chip.hbm_bytes
 
@@ -178,8 +181,10 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
     report.bytes_accessed_per_chip = loops * float(costs.get("bytes accessed", 0.0))
     optimal = loops * float(costs.get("optimal_seconds", -1.0))
     report.xla_step_s = optimal if optimal > 0 else None
-    report.roofline_step_s = max(report.flops_per_chip / (chip.peak_tflops * 1e12),
-                                 report.bytes_accessed_per_chip / (chip.hbm_gbytes_per_s * 1e9))
+    report.roofline_step_s = max(
+        report.flops_per_chip / (chip.peak_tflops * 1e12),
+        report.bytes_accessed_per_chip / (chip.hbm_gbytes_per_s * 1e9),
+    )
     if report.xla_step_s is not None:
         report.step_s, report.step_s_source = report.xla_step_s, "XLA estimate (optimal_seconds)"
     else:

@@ -132,4 +132,3 @@ def to_signed_unit(image: np.ndarray) -> np.ndarray:
     out = np.empty(image.shape, np.float32)
     np.multiply(image, np.float32(1 / 127.5), out=out, dtype=np.float32)
     return np.subtract(out, np.float32(1.0), out=out)
-

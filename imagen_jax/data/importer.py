@@ -251,8 +251,10 @@ def import_dataset(
         raise ValueError(f"Bad dataset name {name!r}: use lower case letters, digits and '_', e.g. 'my_photos'.")
     report = ImportReport()
     if storage.is_remote(storage.path(source)):
-        raise ValueError(f"{os.fspath(source)!r}: the images to import are read from a local folder or table; copy "
-                         "them here first (`gcloud storage cp -r SRC DIR`). The output --data-dir may be gs://.")
+        raise ValueError(
+            f"{os.fspath(source)!r}: the images to import are read from a local folder or table; copy "
+            "them here first (`gcloud storage cp -r SRC DIR`). The output --data-dir may be gs://."
+        )
     if os.path.isdir(source):
         items = list_folder(source, report)
     elif os.path.isfile(source):

@@ -209,4 +209,3 @@ def dataset_from_config(
         read_buffer_size=data.read_buffer_size,
         finish_buffer_size=data.prefetch,
     )
-

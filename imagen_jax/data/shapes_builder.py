@@ -108,9 +108,7 @@ def parse_shapes_config_name(name: str) -> ShapesConfig:
     """Inverse of `shapes_config_name`."""
     match = _NAME_PATTERN.match(name)
     if match is None:
-        raise ValueError(
-            f"Bad shapes config name {name!r}: expected e.g. '64px' or '64px_seed1_train2000_test100'."
-        )
+        raise ValueError(f"Bad shapes config name {name!r}: expected e.g. '64px' or '64px_seed1_train2000_test100'.")
     resolution, seed, num_train, num_test = match.groups()
     return shapes_config(
         int(resolution),
@@ -243,8 +241,12 @@ def prepare_shapes(
     config = shapes_config(resolution, seed=seed, num_train=num_train, num_test=num_test)
 
     def make_builder(directory: str) -> ImagenShapes:
-        return ImagenShapes(config=config, data_dir=directory, file_format="array_record",
-                            num_workers=num_workers or os.cpu_count() or 1)
+        return ImagenShapes(
+            config=config,
+            data_dir=directory,
+            file_format="array_record",
+            num_workers=num_workers or os.cpu_count() or 1,
+        )
 
     data_dir = resolve_data_dir(data_dir)
     builder = make_builder(data_dir)

@@ -84,8 +84,12 @@ def _shapes_builder(name: str, data_dir: str, prepare: bool, num_workers: int | 
     config_name = name[len(DATASET_NAME) + 1 :] or "64px"
 
     def make_builder(directory: str) -> ImagenShapes:
-        return ImagenShapes(config=parse_shapes_config_name(config_name), data_dir=directory,
-                            file_format="array_record", num_workers=num_workers or os.cpu_count() or 1)
+        return ImagenShapes(
+            config=parse_shapes_config_name(config_name),
+            data_dir=directory,
+            file_format="array_record",
+            num_workers=num_workers or os.cpu_count() or 1,
+        )
 
     builder = make_builder(data_dir)
     if not builder.is_prepared():

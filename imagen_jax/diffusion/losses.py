@@ -73,8 +73,9 @@ def diffusion_loss(
     noise = jax.random.normal(noise_key, x.shape, x.dtype)
     z_t = q_sample(x, logsnr.astype(x.dtype), noise)
     output = model_fn(z_t, logsnr, cond)
-    losses = per_example_loss(output, x, noise, logsnr, prediction=prediction, min_snr_gamma=min_snr_gamma,
-                              snr_floor=snr_floor)
+    losses = per_example_loss(
+        output, x, noise, logsnr, prediction=prediction, min_snr_gamma=min_snr_gamma, snr_floor=snr_floor
+    )
     if weights is None:
         loss = jnp.mean(losses)
     else:

@@ -72,8 +72,11 @@ class SamplerConfig:
             raise ValueError(f"num_steps must be >= 1, got {self.num_steps}")
         if not 0.0 < self.quantile <= 1.0:
             raise ValueError(f"threshold quantile must be in (0, 1], got {self.quantile}")
-        none_means = {"start_logsnr": "start at t = 1", "guidance_logsnr_min": "unbounded",
-                      "guidance_logsnr_max": "unbounded"}
+        none_means = {
+            "start_logsnr": "start at t = 1",
+            "guidance_logsnr_min": "unbounded",
+            "guidance_logsnr_max": "unbounded",
+        }
         for name, meaning in none_means.items():
             value = getattr(self, name)
             if value is not None:  # an override "-10" arrives as an int
@@ -82,8 +85,10 @@ class SamplerConfig:
                     raise ValueError(f"{name} must be a finite log-SNR or None ({meaning}), got {value}")
         lo, hi = self.guidance_logsnr_min, self.guidance_logsnr_max
         if lo is not None and hi is not None and lo > hi:
-            raise ValueError(f"guidance interval is empty: guidance_logsnr_min {lo} > guidance_logsnr_max {hi}; "
-                             "swap them, or set guidance_weight=1 to sample without guidance")
+            raise ValueError(
+                f"guidance interval is empty: guidance_logsnr_min {lo} > guidance_logsnr_max {hi}; "
+                "swap them, or set guidance_weight=1 to sample without guidance"
+            )
 
     @property
     def has_guidance_interval(self) -> bool:

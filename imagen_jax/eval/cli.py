@@ -54,8 +54,8 @@ def _read_manifest(path: str) -> tuple[list[str], list[str]]:
         paths, prompts = [e["image"] for e in manifest], [e["prompt"] for e in manifest]
     else:
         raise ValueError(
-            f"Manifest {path!r} must be a JSON list of {{\"image\": path, \"prompt\": text}} objects "
-            f"or an object {{\"images\": [...], \"prompts\": [...]}}."
+            f'Manifest {path!r} must be a JSON list of {{"image": path, "prompt": text}} objects '
+            f'or an object {{"images": [...], "prompts": [...]}}.'
         )
     folder = storage.path(path).parent
     return [os.fspath(folder / p) for p in paths], prompts

@@ -29,8 +29,7 @@ def list_images(folder: str) -> list[str]:
     directory = storage.path(folder)
     if not directory.is_dir():
         raise FileNotFoundError(f"Image folder {folder!r} does not exist; pass a folder of PNG images.")
-    names = sorted((p.name for p in directory.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)),
-                   key=_natural_key)
+    names = sorted((p.name for p in directory.iterdir() if p.name.lower().endswith(IMAGE_SUFFIXES)), key=_natural_key)
     if not names:
         raise ValueError(f"No images ({', '.join(IMAGE_SUFFIXES)}) in {folder!r}.")
     return [os.fspath(directory / n) for n in names]

@@ -42,7 +42,9 @@ def dot_product_attention(query, key, value, mask, implementation: str):
     when cuDNN rejects the shapes); "xla" / "cudnn" force one.
     """
     if implementation not in ATTENTION_IMPLEMENTATIONS:
-        raise ValueError(f"model.attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}")
+        raise ValueError(
+            f"model.attention_implementation must be one of {ATTENTION_IMPLEMENTATIONS}, got {implementation!r}"
+        )
     if implementation == "auto":
         if jax.default_backend() == "gpu" and query.dtype in (jnp.bfloat16, jnp.float16):
             try:
@@ -70,7 +72,11 @@ class Projection(nn.Module):
     def __call__(self, x):
         in_dims = x.shape[x.ndim - self.in_ndim :]
         n_in, n_out = self.in_ndim, len(self.features)
-        init = zeros if self.zero_init else nn.initializers.lecun_normal(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+        init = (
+            zeros
+            if self.zero_init
+            else nn.initializers.lecun_normal(in_axis=tuple(range(n_in)), out_axis=tuple(range(n_in, n_in + n_out)))
+        )
         kernel = self.param("kernel", partitioned(init, *self.names), (*in_dims, *self.features), self.param_dtype)
         bias = self.param("bias", partitioned(zeros, *self.names[n_in:]), tuple(self.features), self.param_dtype)
         y = jnp.tensordot(x.astype(self.dtype), kernel.astype(self.dtype), axes=n_in)
@@ -81,13 +87,23 @@ def heads_dense(heads, head_dim, in_axis, *, dtype, param_dtype, name, leading: 
     """x [..., D] -> [..., (leading,) heads, head_dim] in one matmul."""
     if leading is None:
         return Projection((heads, head_dim), (in_axis, "heads", "kv"), dtype=dtype, param_dtype=param_dtype, name=name)
-    return Projection((leading, heads, head_dim), (in_axis, None, "heads", "kv"), dtype=dtype, param_dtype=param_dtype, name=name)
+    return Projection(
+        (leading, heads, head_dim), (in_axis, None, "heads", "kv"), dtype=dtype, param_dtype=param_dtype, name=name
+    )
 
 
 def merge_heads(channels, out_axis="embed", *, zero_init=True, dtype, param_dtype, name="out"):
     """[..., heads, head_dim] -> [..., channels]; zero-initialised by default (the residual
     block starts as the identity)."""
-    return Projection((channels,), ("heads", "kv", out_axis), in_ndim=2, zero_init=zero_init, dtype=dtype, param_dtype=param_dtype, name=name)
+    return Projection(
+        (channels,),
+        ("heads", "kv", out_axis),
+        in_ndim=2,
+        zero_init=zero_init,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        name=name,
+    )
 
 
 def _text_key_value(text, heads, head_dim, *, dtype, param_dtype):
@@ -99,7 +115,9 @@ def _text_key_value(text, heads, head_dim, *, dtype, param_dtype):
         bias_init=partitioned(zeros, "norm"),
         name="text_norm",
     )(text.astype(jnp.float32))
-    kv = heads_dense(heads, head_dim, "text_embed", dtype=dtype, param_dtype=param_dtype, name="text_kv", leading=2)(normed)
+    kv = heads_dense(heads, head_dim, "text_embed", dtype=dtype, param_dtype=param_dtype, name="text_kv", leading=2)(
+        normed
+    )
     return kv[:, :, 0], kv[:, :, 1]
 
 
@@ -119,7 +137,9 @@ class SelfAttention(nn.Module):
         heads, head_dim = attention_heads(channels, self.num_heads, self.head_dim)
         h = GroupNorm(self.norm_groups, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
         h = h.reshape(batch, height * width, channels)
-        qkv = heads_dense(heads, head_dim, "embed", dtype=self.dtype, param_dtype=self.param_dtype, name="qkv", leading=3)(h)
+        qkv = heads_dense(
+            heads, head_dim, "embed", dtype=self.dtype, param_dtype=self.param_dtype, name="qkv", leading=3
+        )(h)
         q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
         mask = None
         if text is not None:
@@ -148,9 +168,16 @@ class CrossAttention(nn.Module):
         batch, height, width, channels = x.shape
         heads, head_dim = attention_heads(channels, self.num_heads, self.head_dim)
         h = GroupNorm(self.norm_groups, dtype=self.dtype, param_dtype=self.param_dtype, name="norm")(x)
-        q = heads_dense(heads, head_dim, "embed", dtype=self.dtype, param_dtype=self.param_dtype, name="q")(h.reshape(batch, height * width, channels))
+        q = heads_dense(heads, head_dim, "embed", dtype=self.dtype, param_dtype=self.param_dtype, name="q")(
+            h.reshape(batch, height * width, channels)
+        )
         k, v = _text_key_value(text, heads, head_dim, dtype=self.dtype, param_dtype=self.param_dtype)
-        null_kv = self.param("null_kv", partitioned(nn.initializers.normal(0.02), None, "heads", "kv"), (2, heads, head_dim), self.param_dtype)
+        null_kv = self.param(
+            "null_kv",
+            partitioned(nn.initializers.normal(0.02), None, "heads", "kv"),
+            (2, heads, head_dim),
+            self.param_dtype,
+        )
         null_kv = jnp.broadcast_to(null_kv.astype(k.dtype)[None, :, None], (batch, 2, 1, heads, head_dim))
         k = jnp.concatenate([null_kv[:, 0], k], axis=1)
         v = jnp.concatenate([null_kv[:, 1], v], axis=1)

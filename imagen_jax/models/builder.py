@@ -43,7 +43,9 @@ def build_model(model_config: ml_collections.ConfigDict | dict) -> nn.Module:
     return cls(**fields)
 
 
-def dummy_inputs(config: ml_collections.ConfigDict, batch: int = 1, text_length: int = 8, *, abstract: bool = False) -> dict[str, Any]:
+def dummy_inputs(
+    config: ml_collections.ConfigDict, batch: int = 1, text_length: int = 8, *, abstract: bool = False
+) -> dict[str, Any]:
     """Zero inputs (or jax.ShapeDtypeStruct when `abstract`) for `model.apply` / `init`:
     keys z, logsnr, text_embedding, text_mask (+ low_res, aug_logsnr for SR)."""
     make = (lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)) if abstract else jnp.zeros

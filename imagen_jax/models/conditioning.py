@@ -67,36 +67,58 @@ class UNetCommon(nn.Module):
         if logsnr.shape != (batch,):
             raise ValueError(f"logsnr must be [B] = ({batch},), got {logsnr.shape}")
         if text_embedding.ndim != 3 or text_embedding.shape[0] != batch or text_embedding.shape[2] != self.text_dim:
-            raise ValueError(f"text_embedding must be [B, L, model.text_dim] = [{batch}, L, {self.text_dim}], got {text_embedding.shape}")
+            raise ValueError(
+                f"text_embedding must be [B, L, model.text_dim] = [{batch}, L, {self.text_dim}], "
+                f"got {text_embedding.shape}"
+            )
         if text_mask.shape != text_embedding.shape[:2]:
             raise ValueError(f"text_mask must be [B, L] = {text_embedding.shape[:2]} (bool), got {text_mask.shape}")
         if self.low_res_conditioning:
             if low_res is None or aug_logsnr is None:
-                raise ValueError("this is a super-resolution model: pass low_res [B, h, w, 3] and aug_logsnr [B] (log-SNR of the noise augmentation; use the schedule at aug level 0 for none)")
+                raise ValueError(
+                    "this is a super-resolution model: pass low_res [B, h, w, 3] and aug_logsnr [B] (log-SNR of "
+                    "the noise augmentation; use the schedule at aug level 0 for none)"
+                )
             if low_res.ndim != 4 or low_res.shape[0] != batch or low_res.shape[-1] != 3:
                 raise ValueError(f"low_res must be [B, h, w, 3] with B = {batch}, got {low_res.shape}")
             if aug_logsnr.shape != (batch,):
                 raise ValueError(f"aug_logsnr must be [B] = ({batch},), got {aug_logsnr.shape}")
         elif low_res is not None or aug_logsnr is not None:
-            raise ValueError("this is a base (text -> image) model: low_res/aug_logsnr are for SR models (set model.low_res_conditioning=True)")
+            raise ValueError(
+                "this is a base (text -> image) model: low_res/aug_logsnr are for SR models "
+                "(set model.low_res_conditioning=True)"
+            )
 
     def _conditioned_inputs(self, z, logsnr, text_embedding, text_mask, low_res, aug_logsnr):
-        """-> (x [B, H, W, C(+3)] dtype, emb [B, embed_dim] dtype, text [B, L, D or text_context_dim], mask [B, L] bool)."""
+        """-> (x [B, H, W, C(+3)] dtype, emb [B, embed_dim] dtype, text [B, L, D or text_context_dim],
+        mask [B, L] bool)."""
         self._check_inputs(z, logsnr, text_embedding, text_mask, low_res, aug_logsnr)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         text_mask = text_mask.astype(bool)
         text = text_embedding
         if self.text_context_dim is not None:  # one shared LayerNorm + projection to a narrower width
-            text = nn.LayerNorm(dtype=jnp.float32, param_dtype=self.param_dtype, scale_init=partitioned(nn.initializers.ones_init(), "norm"), bias_init=partitioned(zeros, "norm"), name="text_projection_norm")(text.astype(jnp.float32))
+            text = nn.LayerNorm(
+                dtype=jnp.float32,
+                param_dtype=self.param_dtype,
+                scale_init=partitioned(nn.initializers.ones_init(), "norm"),
+                bias_init=partitioned(zeros, "norm"),
+                name="text_projection_norm",
+            )(text.astype(jnp.float32))
             text = dense(self.text_context_dim, "text_embed", "embed", name="text_projection", **kw)(text)
         text = text_constraint(text)
-        emb = NoiseLevelEmbedding(self.embed_dim, self.noise_sinusoid_dim, self.logsnr_scale, self.logsnr_clip, name="noise_embedding", **kw)(logsnr)
-        emb = emb + TextAttentionPooling(self.embed_dim, self.text_pool_heads, self.attention_implementation, name="text_pooling", **kw)(text, text_mask)
+        emb = NoiseLevelEmbedding(
+            self.embed_dim, self.noise_sinusoid_dim, self.logsnr_scale, self.logsnr_clip, name="noise_embedding", **kw
+        )(logsnr)
+        emb = emb + TextAttentionPooling(
+            self.embed_dim, self.text_pool_heads, self.attention_implementation, name="text_pooling", **kw
+        )(text, text_mask)
         x = z
         if self.low_res_conditioning:
             upsampled = upsample_low_res(low_res.astype(jnp.float32), z.shape[1], z.shape[2], self.low_res_resize)
             x = jnp.concatenate([z.astype(jnp.float32), upsampled], axis=-1)
-            emb = emb + NoiseLevelEmbedding(self.embed_dim, self.noise_sinusoid_dim, self.logsnr_scale, self.logsnr_clip, name="aug_embedding", **kw)(aug_logsnr)
+            emb = emb + NoiseLevelEmbedding(
+                self.embed_dim, self.noise_sinusoid_dim, self.logsnr_scale, self.logsnr_clip, name="aug_embedding", **kw
+            )(aug_logsnr)
         emb = constrain(emb, "batch", "channels")
         return image_constraint(x.astype(self.dtype)), emb, text, text_mask
 

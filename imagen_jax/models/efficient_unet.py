@@ -49,7 +49,9 @@ class EfficientUNet(UNetCommon):
         levels = len(self.channels)
         for name in ("num_res_blocks", "strides", "attention"):
             if len(getattr(self, name)) != levels:
-                raise ValueError(f"model.{name} needs one entry per level ({levels}, like model.channels), got {getattr(self, name)}")
+                raise ValueError(
+                    f"model.{name} needs one entry per level ({levels}, like model.channels), got {getattr(self, name)}"
+                )
         for kind in self.attention:
             if kind not in ATTENTION_KINDS:
                 raise ValueError(f"model.attention entries must be in {ATTENTION_KINDS}, got {kind!r}")
@@ -57,7 +59,10 @@ class EfficientUNet(UNetCommon):
             if stride not in (1, 2):
                 raise ValueError(f"model.strides entries must be 1 or 2, got {stride}")
         if self.low_res_skip and not self.low_res_conditioning:
-            raise ValueError("model.low_res_skip adds the upsampled low-res image to the output: it needs model.low_res_conditioning=True (an SR stage)")
+            raise ValueError(
+                "model.low_res_skip adds the upsampled low-res image to the output: it needs "
+                "model.low_res_conditioning=True (an SR stage)"
+            )
         factor = math.prod(self.strides)
         if z.shape[1] % factor or z.shape[2] % factor:
             raise ValueError(f"image size {z.shape[1:3]} must be divisible by prod(model.strides) = {factor}")
@@ -77,7 +82,9 @@ class EfficientUNet(UNetCommon):
             if kind == "none":
                 return h
             cls = SelfAttention if kind == "self" else CrossAttention
-            layer = self._block(cls)(self.num_heads, self.head_dim, self.norm_groups, self.attention_implementation, name=name, **kw)
+            layer = self._block(cls)(
+                self.num_heads, self.head_dim, self.norm_groups, self.attention_implementation, name=name, **kw
+            )
             return layer(h, text, text_mask)
 
         def resnet_stack(h, level, prefix):
@@ -111,9 +118,15 @@ class EfficientUNet(UNetCommon):
         h = GroupNorm(self.norm_groups, name="norm_out", **kw)(h, swish=True)
         out = conv(self.out_channels, 3, zero_init=True, out_axis=None, name="conv_out", **kw)(h)
         if self.low_res_skip:
-            upsampled = x[..., z.shape[-1]:]
+            upsampled = x[..., z.shape[-1] :]
             identity = lambda key, shape, dtype: jnp.eye(shape[-2], shape[-1], dtype=dtype).reshape(shape)  # noqa: E731
-            out = out + nn.Conv(self.out_channels, (1, 1), dtype=self.dtype, param_dtype=self.param_dtype,
-                                kernel_init=partitioned(identity, None, None, None, None),
-                                bias_init=partitioned(zeros, None), name="low_res_skip")(upsampled)
+            out = out + nn.Conv(
+                self.out_channels,
+                (1, 1),
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=partitioned(identity, None, None, None, None),
+                bias_init=partitioned(zeros, None),
+                name="low_res_skip",
+            )(upsampled)
         return image_constraint(out.astype(jnp.float32))

@@ -45,7 +45,16 @@ def conv(
     )
 
 
-def dense(features: int, in_axis: str | None, out_axis: str | None, *, zero_init: bool = False, dtype: Dtype, param_dtype: Dtype, name: str | None = None) -> nn.Dense:
+def dense(
+    features: int,
+    in_axis: str | None,
+    out_axis: str | None,
+    *,
+    zero_init: bool = False,
+    dtype: Dtype,
+    param_dtype: Dtype,
+    name: str | None = None,
+) -> nn.Dense:
     """A dense layer whose kernel [in, out] carries the logical axes (in_axis, out_axis)."""
     return nn.Dense(
         features,
@@ -74,7 +83,10 @@ class GroupNorm(nn.Module):
         batch, height, width, channels = x.shape
         groups = min(self.num_groups, channels)
         if channels % groups:
-            raise ValueError(f"GroupNorm: {channels} channels are not divisible into {groups} groups; set model.norm_groups to a divisor of every channel count")
+            raise ValueError(
+                f"GroupNorm: {channels} channels are not divisible into {groups} groups; "
+                "set model.norm_groups to a divisor of every channel count"
+            )
         scale = self.param("scale", partitioned(ones, "norm"), (channels,), self.param_dtype)
         bias = self.param("bias", partitioned(zeros, "norm"), (channels,), self.param_dtype)
         xf = x.astype(jnp.float32).reshape(batch, height * width, groups, channels // groups)
@@ -84,7 +96,9 @@ class GroupNorm(nn.Module):
         y = y * scale.astype(jnp.float32) + bias.astype(jnp.float32)
         if scale_shift is not None:
             film_scale, film_shift = scale_shift
-            y = y * (1.0 + film_scale[:, None, None, :].astype(jnp.float32)) + film_shift[:, None, None, :].astype(jnp.float32)
+            y = y * (1.0 + film_scale[:, None, None, :].astype(jnp.float32)) + film_shift[:, None, None, :].astype(
+                jnp.float32
+            )
         if swish:
             y = nn.swish(y)
         return y.astype(self.dtype)

@@ -50,12 +50,16 @@ def format_table(rows) -> str:
     for r in rows:
         paper = "" if r["paper_params"] is None else f"{r['paper_params'] / 1e6:.0f}M"
         diff = "" if r["relative_difference"] is None else f"{100 * r['relative_difference']:+.1f}%"
-        lines.append(f"{r['preset']:<16} {r['family']:<15} {r['resolution']:>5} {r['params']:>14,} {paper:>8} {diff:>7}")
+        lines.append(
+            f"{r['preset']:<16} {r['family']:<15} {r['resolution']:>5} {r['params']:>14,} {paper:>8} {diff:>7}"
+        )
     return "\n".join(lines)
 
 
 def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser("params", help="print the parameter count of model presets (jax.eval_shape, no memory)")
+    parser = subparsers.add_parser(
+        "params", help="print the parameter count of model presets (jax.eval_shape, no memory)"
+    )
     _add_arguments(parser)
     parser.set_defaults(run=run)
 
@@ -67,7 +71,9 @@ def _add_arguments(parser) -> None:
 
 def run(args) -> int:
     paths = args.config or sorted(
-        str(p) for p in DEFAULT_CONFIG_DIR.glob("*.py") if not p.name.startswith("_") and "def get_config" in p.read_text()
+        str(p)
+        for p in DEFAULT_CONFIG_DIR.glob("*.py")
+        if not p.name.startswith("_") and "def get_config" in p.read_text()
     )
     if not paths:
         print(f"no config files found in {DEFAULT_CONFIG_DIR}; pass --config", file=sys.stderr)

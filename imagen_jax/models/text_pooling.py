@@ -44,8 +44,14 @@ class TextAttentionPooling(nn.Module):
         mean = jnp.sum(jnp.where(valid[..., None], tokens, 0.0), axis=1, keepdims=True) / count[..., None]
         sequence = jnp.concatenate([mean, tokens], axis=1).astype(self.dtype)  # [B, 1 + L, D]
         mask = jnp.concatenate([jnp.ones((batch, 1), bool), valid], axis=1)[:, None, None, :]
-        q = heads_dense(self.num_heads, head_dim, "text_embed", dtype=self.dtype, param_dtype=self.param_dtype, name="q")(sequence[:, :1])
-        kv = heads_dense(self.num_heads, head_dim, "text_embed", dtype=self.dtype, param_dtype=self.param_dtype, name="kv", leading=2)(sequence)
+        q = heads_dense(
+            self.num_heads, head_dim, "text_embed", dtype=self.dtype, param_dtype=self.param_dtype, name="q"
+        )(sequence[:, :1])
+        kv = heads_dense(
+            self.num_heads, head_dim, "text_embed", dtype=self.dtype, param_dtype=self.param_dtype, name="kv", leading=2
+        )(sequence)
         pooled = dot_product_attention(q, kv[:, :, 0], kv[:, :, 1], mask, self.implementation)  # [B, 1, N, H]
-        pooled = merge_heads(self.features, "mlp", zero_init=False, dtype=self.dtype, param_dtype=self.param_dtype)(pooled)[:, 0]
+        pooled = merge_heads(self.features, "mlp", zero_init=False, dtype=self.dtype, param_dtype=self.param_dtype)(
+            pooled
+        )[:, 0]
         return pooled

@@ -33,7 +33,10 @@ class UNet(UNetCommon):
         levels, patch = len(self.channel_mult), self.patch_size
         factor = patch * 2 ** (levels - 1)
         if z.shape[1] % factor or z.shape[2] % factor:
-            raise ValueError(f"image size {z.shape[1:3]} must be divisible by model.patch_size * 2^(len(model.channel_mult) - 1) = {factor}")
+            raise ValueError(
+                f"image size {z.shape[1:3]} must be divisible by "
+                f"model.patch_size * 2^(len(model.channel_mult) - 1) = {factor}"
+            )
         x, emb, text, text_mask = self._conditioned_inputs(z, logsnr, text_embedding, text_mask, low_res, aug_logsnr)
         x = space_to_depth(x, patch)
         emb_act = nn.swish(emb)
@@ -41,7 +44,9 @@ class UNet(UNetCommon):
         attention = self._block(SelfAttention)
 
         def attend(h, name):
-            return attention(self.num_heads, self.head_dim, self.norm_groups, self.attention_implementation, name=name, **kw)(h, text, text_mask)
+            return attention(
+                self.num_heads, self.head_dim, self.norm_groups, self.attention_implementation, name=name, **kw
+            )(h, text, text_mask)
 
         def resample(h, direction, name):
             if self.resblock_updown:

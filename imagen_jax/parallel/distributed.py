@@ -16,8 +16,13 @@ import jax
 _initialized = False
 
 
-def initialize(coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None,
-               *, cpu_collectives: str | None = None) -> None:
+def initialize(
+    coordinator: str | None = None,
+    num_processes: int | None = None,
+    process_id: int | None = None,
+    *,
+    cpu_collectives: str | None = None,
+) -> None:
     """Join the multi-process runtime once, before any other JAX call touches devices.
 
     With nothing given and no IMAGEN_JAX_* variables, a single process stays single
@@ -36,8 +41,11 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
     explicit = coordinator is not None or num_processes is not None or process_id is not None
     if explicit:
-        missing = [n for n, v in (("coordinator", coordinator), ("num_processes", num_processes),
-                                  ("process_id", process_id)) if v is None]
+        missing = [
+            n
+            for n, v in (("coordinator", coordinator), ("num_processes", num_processes), ("process_id", process_id))
+            if v is None
+        ]
         if missing:
             raise ValueError(
                 f"multi-host: {', '.join(missing)} missing; set all three of IMAGEN_JAX_COORDINATOR (host:port), "

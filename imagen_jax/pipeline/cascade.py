@@ -39,7 +39,9 @@ def read_stage_config(workdir: str) -> dict:
     path = storage.path(workdir) / "config.json"
     if not path.exists():
         if not path.parent.exists():
-            raise WorkdirError(f"Stage workdir {workdir!r} does not exist; pass the --workdir of an `imagen-jax train` run.")
+            raise WorkdirError(
+                f"Stage workdir {workdir!r} does not exist; pass the --workdir of an `imagen-jax train` run."
+            )
         raise WorkdirError(f"{workdir!r} has no config.json: it is not an `imagen-jax train` workdir.")
     return upgrade_saved_config(json.loads(path.read_text()))
 
@@ -55,7 +57,9 @@ def load_ema_params(workdir: str, config: dict, step: int | None = None, shardin
     directory = storage.path(workdir) / "checkpoints"
     steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
     if not steps:
-        raise WorkdirError(f"{workdir!r} has no checkpoint yet; train the stage first (imagen-jax train --workdir {workdir}).")
+        raise WorkdirError(
+            f"{workdir!r} has no checkpoint yet; train the stage first (imagen-jax train --workdir {workdir})."
+        )
     if step is None:
         step = max(steps)
     elif step not in steps:
@@ -103,8 +107,14 @@ class Cascade:
     stage 1 -> ... on batches of prompts; each stage is one compiled sampler program.
     """
 
-    def __init__(self, text_encoder, stages: Sequence[StageConfig], params: Sequence[Any], names: Sequence[str] = (),
-                 devices: Sequence[Any] | None = None):
+    def __init__(
+        self,
+        text_encoder,
+        stages: Sequence[StageConfig],
+        params: Sequence[Any],
+        names: Sequence[str] = (),
+        devices: Sequence[Any] | None = None,
+    ):
         if not stages:
             raise ValueError("A cascade needs at least one stage (a base stage).")
         if len(stages) != len(params):
@@ -126,8 +136,15 @@ class Cascade:
         self.names = list(names) or [f"stage{i}" for i in range(len(stages))]
 
     @classmethod
-    def from_workdirs(cls, workdirs: Sequence[str], *, text_encoder=None, steps: Sequence[int | None] | None = None,
-                      stage_settings: Sequence[dict] | None = None, devices: Sequence[Any] | None = None) -> Cascade:
+    def from_workdirs(
+        cls,
+        workdirs: Sequence[str],
+        *,
+        text_encoder=None,
+        steps: Sequence[int | None] | None = None,
+        stage_settings: Sequence[dict] | None = None,
+        devices: Sequence[Any] | None = None,
+    ) -> Cascade:
         """Stages from `imagen-jax train` workdirs, base first. The text encoder is the one the
         stages were trained with (config.text.encoder, the same for all), unless given.
         stage_settings[i]: StageConfig field changes for stage i (e.g. {"guidance_weight": 5.0}).
@@ -141,7 +158,9 @@ class Cascade:
         encoders = {c["text"]["encoder"] for c in configs}
         lengths = {c["data"]["max_text_length"] for c in configs}
         if len(encoders) > 1:
-            raise WorkdirError(f"The stages were trained with different text encoders {sorted(encoders)}; a cascade needs one.")
+            raise WorkdirError(
+                f"The stages were trained with different text encoders {sorted(encoders)}; a cascade needs one."
+            )
         stage_settings = list(stage_settings or [{}] * len(workdirs))
         steps = list(steps or [None] * len(workdirs))
         if len(stage_settings) != len(workdirs) or len(steps) != len(workdirs):
@@ -155,11 +174,20 @@ class Cascade:
             text_encoder = load_text_encoder(encoders.pop(), max_length=max(lengths))
         dims = {c["model"]["text_dim"] for c in configs}
         if dims != {text_encoder.dim}:
-            raise WorkdirError(f"The text encoder makes {text_encoder.dim}-wide embeddings; the stages take {sorted(dims)}.")
+            raise WorkdirError(
+                f"The text encoder makes {text_encoder.dim}-wide embeddings; the stages take {sorted(dims)}."
+            )
         return cls(text_encoder, stages, params, names, devices)
 
-    def sample(self, prompts: Sequence[str], *, seed: int = 0, batch_size: int = 16, progress: bool = False,
-               stage_settings: Sequence[dict] | None = None) -> CascadeOutput:
+    def sample(
+        self,
+        prompts: Sequence[str],
+        *,
+        seed: int = 0,
+        batch_size: int = 16,
+        progress: bool = False,
+        stage_settings: Sequence[dict] | None = None,
+    ) -> CascadeOutput:
         """Images for `prompts`, every stage's output kept (CascadeOutput).
 
         Deterministic in (prompts, seed, batch_size): batch b of stage i draws its noise from
@@ -186,28 +214,52 @@ class Cascade:
         for i, stage in enumerate(stages):
             desc = f"stage {i + 1}/{len(stages)} {self.names[i]} ({stage.image_size} px)"
             with tqdm(total=len(prompts), desc=desc, unit="img", disable=not progress) as bar:
-                previous = self.run_stage_batched(i, embedding, mask, jax.random.fold_in(root, i),
-                                                  batch_size=batch_size, low_res=previous, config=stage,
-                                                  on_batch=bar.update)
+                previous = self.run_stage_batched(
+                    i,
+                    embedding,
+                    mask,
+                    jax.random.fold_in(root, i),
+                    batch_size=batch_size,
+                    low_res=previous,
+                    config=stage,
+                    on_batch=bar.update,
+                )
             outputs.append(to_uint8(previous))
         return CascadeOutput(prompts, outputs)
 
     def encode(self, prompts: Sequence[str], chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Text embeddings [N, L, D] float32 and mask [N, L] bool for `prompts` (host arrays)."""
-        parts = [self.text_encoder.encode(list(prompts[i:i + chunk])) for i in range(0, len(prompts), chunk)]
+        parts = [self.text_encoder.encode(list(prompts[i : i + chunk])) for i in range(0, len(prompts), chunk)]
         return (np.concatenate([np.asarray(e) for e, _ in parts]), np.concatenate([np.asarray(m) for _, m in parts]))
 
-    def run_stage(self, index: int, text_embedding, text_mask, key, *, low_res=None,
-                  config: StageConfig | None = None) -> np.ndarray:
+    def run_stage(
+        self, index: int, text_embedding, text_mask, key, *, low_res=None, config: StageConfig | None = None
+    ) -> np.ndarray:
         """Stage `index` on one batch: float32 [B, S, S, 3] in [-1, 1] (host array).
         `config` replaces the stage's StageConfig (e.g. another guidance weight)."""
         put = functools.partial(self._put, batch=len(text_embedding))
-        x = sample_stage(self.params[index], put(text_embedding), put(text_mask), key,
-                         config=config or self.stages[index], low_res=None if low_res is None else put(low_res))
+        x = sample_stage(
+            self.params[index],
+            put(text_embedding),
+            put(text_mask),
+            key,
+            config=config or self.stages[index],
+            low_res=None if low_res is None else put(low_res),
+        )
         return np.asarray(x)
 
-    def run_stage_batched(self, index: int, text_embedding, text_mask, key, *, batch_size: int, low_res=None,
-                          config: StageConfig | None = None, on_batch=None) -> np.ndarray:
+    def run_stage_batched(
+        self,
+        index: int,
+        text_embedding,
+        text_mask,
+        key,
+        *,
+        batch_size: int,
+        low_res=None,
+        config: StageConfig | None = None,
+        on_batch=None,
+    ) -> np.ndarray:
         """run_stage over N inputs in batches of `batch_size`; batch b uses fold_in(key, b).
         The last batch is padded to the batch size (so one compiled program serves all) and
         cut back; `on_batch(n)` is called after each batch with its number of real images."""
@@ -219,8 +271,14 @@ class Cascade:
             parts = [text_embedding[rows], text_mask[rows]] + ([] if low_res is None else [low_res[rows]])
             real = len(parts[0])
             parts = [np.concatenate([p, np.repeat(p[-1:], batch_size - real, axis=0)]) for p in parts]
-            x = self.run_stage(index, parts[0], parts[1], jax.random.fold_in(key, b),
-                               low_res=parts[2] if low_res is not None else None, config=config)
+            x = self.run_stage(
+                index,
+                parts[0],
+                parts[1],
+                jax.random.fold_in(key, b),
+                low_res=parts[2] if low_res is not None else None,
+                config=config,
+            )
             outputs.append(x[:real])
             if on_batch is not None:
                 on_batch(real)

@@ -21,25 +21,45 @@ from imagen_jax import storage
 
 _STAGE_FIELDS = {"guidance_weight": float, "aug_level": float, "image_size": int}
 # SamplerConfig fields a user may change per stage.
-_SAMPLER_FIELDS = {"kind": str, "num_steps": int, "threshold": str, "quantile": float, "gamma": float, "eta": float,
-                   "start_logsnr": float, "guidance_logsnr_min": float, "guidance_logsnr_max": float}
+_SAMPLER_FIELDS = {
+    "kind": str,
+    "num_steps": int,
+    "threshold": str,
+    "quantile": float,
+    "gamma": float,
+    "eta": float,
+    "start_logsnr": float,
+    "guidance_logsnr_min": float,
+    "guidance_logsnr_max": float,
+}
 _OPTIONAL_FIELDS = ("start_logsnr", "guidance_logsnr_min", "guidance_logsnr_max")  # "None" unsets these
 
 
 def add_parser(subparsers) -> None:
     parser = subparsers.add_parser(
-        "sample", help="sample images for prompts through trained stages (base, then SR)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        "sample",
+        help="sample images for prompts through trained stages (base, then SR)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--workdir", action="append", required=True,
-                        help="a stage's training workdir (local or gs://); repeat per stage, base first")
+    parser.add_argument(
+        "--workdir",
+        action="append",
+        required=True,
+        help="a stage's training workdir (local or gs://); repeat per stage, base first",
+    )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", help="text file, one prompt per line")
     parser.add_argument("--out", required=True, help="output folder (local or gs://)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument("--batch-size", type=int, default=16, help="prompts per sampler call (default 16)")
-    parser.add_argument("--set", action="append", default=[], metavar="STAGE.FIELD=VALUE",
-                        help="change one stage's sampling setting, e.g. 0.guidance_weight=5 or 1.num_steps=64")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="STAGE.FIELD=VALUE",
+        help="change one stage's sampling setting, e.g. 0.guidance_weight=5 or 1.num_steps=64",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run)
 
@@ -102,14 +122,17 @@ def run(args) -> int:
     changes = _stage_changes(cascade, settings)
     for i, (stage, change) in enumerate(zip(cascade.stages, changes)):
         stage = dataclasses.replace(stage, **change)
-        print(f"stage {i} {cascade.names[i]}: {stage.image_size} px, {stage.sampler.kind} "
-              f"{stage.sampler.num_steps} steps, w={stage.guidance_weight:g}, threshold={stage.sampler.threshold}"
-              + (f", aug_level={stage.aug_level:g}" if stage.is_super_resolution else ""), file=sys.stderr)
-    output = cascade.sample(prompts, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress,
-                            stage_settings=changes)
+        print(
+            f"stage {i} {cascade.names[i]}: {stage.image_size} px, {stage.sampler.kind} "
+            f"{stage.sampler.num_steps} steps, w={stage.guidance_weight:g}, threshold={stage.sampler.threshold}"
+            + (f", aug_level={stage.aug_level:g}" if stage.is_super_resolution else ""),
+            file=sys.stderr,
+        )
+    output = cascade.sample(
+        prompts, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress, stage_settings=changes
+    )
     for i, images in enumerate(output.images[:-1]):
         write_images(storage.join(args.out, "stages", f"{i}_{cascade.names[i]}"), prompts, images, upscale_to=64)
     write_images(args.out, prompts, output.final, upscale_to=64)
     print(f"wrote {len(prompts)} images of {output.final.shape[1]} px to {args.out} (grid.png, manifest.json)")
     return 0
-

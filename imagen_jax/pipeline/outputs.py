@@ -31,14 +31,16 @@ def image_file_names(prompts: Sequence[str]) -> list[str]:
     return [f"{i:0{width}d}_{prompt_slug(p)}.png" for i, p in enumerate(prompts)]
 
 
-def write_images(out_dir: str, prompts: Sequence[str], images: np.ndarray, *, grid_name: str = "grid.png",
-                 upscale_to: int = 0) -> dict:
+def write_images(
+    out_dir: str, prompts: Sequence[str], images: np.ndarray, *, grid_name: str = "grid.png", upscale_to: int = 0
+) -> dict:
     """Write uint8 images [N, H, W, 3] as PNGs under `out_dir`, their grid, and
     manifest.json ([{"image": file, "prompt": text}] relative to out_dir). Returns the manifest."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or len(images) != len(prompts):
-        raise ValueError(f"write_images needs uint8 [N, H, W, 3] for N = {len(prompts)} prompts, got "
-                         f"{images.dtype} {images.shape}.")
+        raise ValueError(
+            f"write_images needs uint8 [N, H, W, 3] for N = {len(prompts)} prompts, got {images.dtype} {images.shape}."
+        )
     entries = []
     for name, prompt, image in zip(image_file_names(prompts), prompts, images):
         save_png(image, storage.join(out_dir, name))

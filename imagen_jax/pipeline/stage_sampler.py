@@ -74,7 +74,9 @@ class StageConfig:
 
     def __post_init__(self):
         if self.image_size < 1 or self.low_res_size < 0:
-            raise ValueError(f"image_size must be >= 1 and low_res_size >= 0, got {self.image_size}, {self.low_res_size}.")
+            raise ValueError(
+                f"image_size must be >= 1 and low_res_size >= 0, got {self.image_size}, {self.low_res_size}."
+            )
         if not 0.0 <= self.aug_level <= 1.0:
             raise ValueError(f"aug_level is a time in [0, 1], got {self.aug_level}.")
 

@@ -81,7 +81,12 @@ class T5EncoderConfig:
 # shapes). Imagen uses XXL (design.md §2). Architectures only: weights come from the checkpoints.
 T5_V1_1_CONFIGS: dict[str, T5EncoderConfig] = {
     f"t5-v1_1-{size}": T5EncoderConfig(
-        vocab_size=32128, d_model=d_model, d_kv=64, d_ff=d_ff, num_layers=layers, num_heads=heads,
+        vocab_size=32128,
+        d_model=d_model,
+        d_kv=64,
+        d_ff=d_ff,
+        num_layers=layers,
+        num_heads=heads,
         feed_forward_proj="gated-gelu",
     )  # fmt: skip
     for size, d_model, d_ff, layers, heads in (

@@ -67,7 +67,9 @@ def _encoded_batches(records, encoder, caption_key: str, batch_size: int) -> Ite
     pending = None
     for start in range(0, len(records), batch_size):
         indices = range(start, min(start + batch_size, len(records)))
-        batch = records.__getitems__(list(indices)) if hasattr(records, "__getitems__") else [records[i] for i in indices]
+        batch = (
+            records.__getitems__(list(indices)) if hasattr(records, "__getitems__") else [records[i] for i in indices]
+        )
         captions = [_caption(record, caption_key, i) for i, record in zip(indices, batch)]
         n_real = len(captions)
         embeddings, mask = encoder.encode(captions + [""] * (batch_size - n_real))

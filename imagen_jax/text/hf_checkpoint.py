@@ -118,7 +118,9 @@ def _iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
             if name.startswith(_DECODER_PREFIXES):
                 continue
             if entry["dtype"] not in _SAFETENSORS_DTYPES:
-                raise ValueError(f"{path}: tensor {name} has dtype {entry['dtype']}, which the T5 loader does not read.")
+                raise ValueError(
+                    f"{path}: tensor {name} has dtype {entry['dtype']}, which the T5 loader does not read."
+                )
             begin, end = entry["data_offsets"]
             f.seek(start + begin)
             data = f.read(end - begin)
@@ -236,8 +238,9 @@ def save_hf_checkpoint(checkpoint_dir: str, params: dict[str, Any], config: T5En
     from safetensors.numpy import save
 
     storage.write_text(storage.join(checkpoint_dir, "config.json"), json.dumps(config.to_hf_dict(), indent=2))
-    storage.write_bytes(storage.join(checkpoint_dir, SAFETENSORS),
-                        save(hf_state_dict(params, config), metadata={"format": "pt"}))
+    storage.write_bytes(
+        storage.join(checkpoint_dir, SAFETENSORS), save(hf_state_dict(params, config), metadata={"format": "pt"})
+    )
 
 
 def _natural_key(name: str):

@@ -16,9 +16,14 @@ def add_parser(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", required=True, help="config file, optionally path.py:ARG")
-    parser.add_argument("--workdir", required=True, help="run directory (a local or mounted path): config.json, checkpoints/, samples/, tensorboard/, metrics.jsonl")
-    parser.add_argument("--override", action="store_true",
-                        help="continue a workdir whose saved config differs from this one")
+    parser.add_argument(
+        "--workdir",
+        required=True,
+        help="run directory (local or gs://): config.json, checkpoints/, samples/, tensorboard/, metrics.jsonl",
+    )
+    parser.add_argument(
+        "--override", action="store_true", help="continue a workdir whose saved config differs from this one"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     parser.set_defaults(run=run, accepts_config_overrides=True)
 

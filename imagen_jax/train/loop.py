@@ -117,8 +117,13 @@ def text_embedding_cache(config, encoder) -> str:
     cache_dir = embedding_cache_dir(str(builder.data_dir), encoder.name, data.split)
     if jax.process_index() == 0 and not (storage.path(cache_dir) / "metadata.json").exists():
         log.info("encoding the captions of %s/%s once into %s", data.name, data.split, cache_dir)
-        write_embedding_cache(caption_records(builder, data.split, data.text_key), encoder, cache_dir,
-                              caption_key=data.text_key, dtype=config.text.get("cache_dtype", "float16"))
+        write_embedding_cache(
+            caption_records(builder, data.split, data.text_key),
+            encoder,
+            cache_dir,
+            caption_key=data.text_key,
+            dtype=config.text.get("cache_dtype", "float16"),
+        )
     multihost_utils.sync_global_devices("text_embedding_cache")
     return cache_dir
 
@@ -188,8 +193,9 @@ class MetricsWriter:
         from tensorboardX import SummaryWriter
 
         storage.register_tensorboard_writer()
-        self.jsonl = storage.AppendFile(storage.join(workdir, "metrics.jsonl"),
-                                        upload_every=self.METRICS_UPLOAD_SECONDS)
+        self.jsonl = storage.AppendFile(
+            storage.join(workdir, "metrics.jsonl"), upload_every=self.METRICS_UPLOAD_SECONDS
+        )
         self.tb = SummaryWriter(storage.join(workdir, "tensorboard"))
 
     def scalars(self, step: int, values: dict) -> None:
@@ -221,11 +227,22 @@ def preview_inputs(config, encoder):
     if is_super_resolution(config):
         data = config.data.copy_and_resolve_references()
         data.shuffle, data.num_workers, data.random_crop = False, 0, False
-        it = iter(dataset_from_config(data, batch_size=len(prompts), process_index=0, process_count=1,
-                                      text_embeddings=_cache_source(config, encoder)))
+        it = iter(
+            dataset_from_config(
+                data,
+                batch_size=len(prompts),
+                process_index=0,
+                process_count=1,
+                text_embeddings=_cache_source(config, encoder),
+            )
+        )
         batch = next(it)
-        inputs.update(text_embedding=batch["text_embedding"], text_mask=batch["text_mask"],
-                      low_res=batch["low_res"], truth=batch["image"])
+        inputs.update(
+            text_embedding=batch["text_embedding"],
+            text_mask=batch["text_mask"],
+            low_res=batch["low_res"],
+            truth=batch["image"],
+        )
     return inputs
 
 
@@ -235,15 +252,22 @@ def _cache_source(config, encoder):
     return EmbeddingCacheSource(text_embedding_cache(config, encoder))
 
 
-def write_sample_grid(config, stage: StageConfig, params, preview, step: int, workdir: str, writer: MetricsWriter,
-                      mesh) -> str | None:
+def write_sample_grid(
+    config, stage: StageConfig, params, preview, step: int, workdir: str, writer: MetricsWriter, mesh
+) -> str | None:
     """Sample the preview prompts with `params` (the EMA) through the stage sampler (`stage`:
     the config's model and `sampling` section) and save a PNG grid; returns its path. Every
     process runs it (the params are global arrays); the inputs are replicated on `mesh`."""
     replicated = NamedSharding(mesh, PartitionSpec())
     put = lambda name: jax.device_put(np.asarray(preview[name]), replicated)  # noqa: E731
-    images = sample_stage(params, put("text_embedding"), put("text_mask"), jax.random.key(config.seed),
-                          config=stage, low_res=put("low_res") if "low_res" in preview else None)
+    images = sample_stage(
+        params,
+        put("text_embedding"),
+        put("text_mask"),
+        jax.random.key(config.seed),
+        config=stage,
+        low_res=put("low_res") if "low_res" in preview else None,
+    )
     cells = to_uint8(multihost_utils.process_allgather(images, tiled=True))
     columns = None
     if "low_res" in preview:  # rows of (low-res, sample, truth)
@@ -301,13 +325,12 @@ def lower_training(config, mesh, rules, global_batch: int) -> LoweredTraining:
     step_fn = make_train_step(model, optimizer, lr_schedule, config)
     key_spec = jax.eval_shape(lambda: jax.random.key(0))
     with activation_sharding(mesh, rules):
-        lowered = (
-            jax.jit(step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None),
-                    donate_argnums=0)
-            .lower(abstract_state, batch_specs, key_spec)
-        )
-    return LoweredTraining(model, optimizer, init_params_fn, abstract_state, shardings, batch_specs,
-                           batch_shardings, lowered)
+        lowered = jax.jit(
+            step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None), donate_argnums=0
+        ).lower(abstract_state, batch_specs, key_spec)
+    return LoweredTraining(
+        model, optimizer, init_params_fn, abstract_state, shardings, batch_specs, batch_shardings, lowered
+    )
 
 
 @dataclasses.dataclass
@@ -328,10 +351,18 @@ def compile_training(config, mesh, rules, global_batch: int, init_key) -> Traini
     state it takes, sharded on `mesh`."""
     program = lower_training(config, mesh, rules, global_batch)
     compiled = program.lowered.compile()
-    state, shardings = create_sharded_state(program.init_params_fn, program.optimizer, init_key, mesh, rules,
-                                            program.shardings)
-    return TrainingProgram(program.model, state, shardings, program.batch_specs, program.batch_shardings,
-                           compiled, _flops_per_device(compiled))
+    state, shardings = create_sharded_state(
+        program.init_params_fn, program.optimizer, init_key, mesh, rules, program.shardings
+    )
+    return TrainingProgram(
+        program.model,
+        state,
+        shardings,
+        program.batch_specs,
+        program.batch_shardings,
+        compiled,
+        _flops_per_device(compiled),
+    )
 
 
 def train(config, workdir: str, *, override: bool = False, progress: bool = True) -> dict:
@@ -359,8 +390,10 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
     multihost_utils.sync_global_devices("dataset_prepared")
     encoder = load_text_encoder(config.text.encoder, max_length=config.data.max_text_length)
     if encoder.dim != config.model.text_dim:
-        raise ValueError(f"model.text_dim={config.model.text_dim} but the text encoder {encoder.name!r} "
-                         f"outputs {encoder.dim}; set --config.model.text_dim={encoder.dim}")
+        raise ValueError(
+            f"model.text_dim={config.model.text_dim} but the text encoder {encoder.name!r} "
+            f"outputs {encoder.dim}; set --config.model.text_dim={encoder.dim}"
+        )
 
     root = jax.random.key(config.seed)
     program = compile_training(config, mesh, rules, global_batch, jax.random.fold_in(root, 0))
@@ -368,12 +401,17 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
     batch_specs, batch_shardings, flops = program.batch_specs, program.batch_shardings, program.flops_per_device
     train_key = jax.random.fold_in(root, 1)
 
-    dataset = dataset_from_config(config.data, batch_size=global_batch // jax.process_count(),
-                                  text_embeddings=_cache_source(config, encoder))
+    dataset = dataset_from_config(
+        config.data, batch_size=global_batch // jax.process_count(), text_embeddings=_cache_source(config, encoder)
+    )
     iterator = iter(dataset)
     ckpt_cfg = config.checkpoint
-    checkpoints = Checkpoints(storage.join(workdir, "checkpoints"), max_to_keep=ckpt_cfg.keep,
-                              save_every=ckpt_cfg.every, async_save=ckpt_cfg.get("async_save", True))
+    checkpoints = Checkpoints(
+        storage.join(workdir, "checkpoints"),
+        max_to_keep=ckpt_cfg.keep,
+        save_every=ckpt_cfg.every,
+        async_save=ckpt_cfg.get("async_save", True),
+    )
     start = checkpoints.latest_step() or 0
     if start:
         state_shapes = jax.eval_shape(lambda: state)
@@ -392,16 +430,19 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
 
     from tqdm import tqdm
 
-    bar = tqdm(total=total, initial=start, disable=not progress or jax.process_index() != 0, desc="train",
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=total, initial=start, disable=not progress or jax.process_index() != 0, desc="train", dynamic_ncols=True
+    )
     try:
         with Preemption(enabled=jax.process_count() == 1) as preemption:
             tick, tick_step = time.perf_counter(), start
             step = start
             while step < total:
                 local = next(iterator)
-                batch = {k: jax.make_array_from_process_local_data(batch_shardings[k], np.asarray(local[k]))
-                         for k in batch_specs}
+                batch = {
+                    k: jax.make_array_from_process_local_data(batch_shardings[k], np.asarray(local[k]))
+                    for k in batch_specs
+                }
                 state, metrics = compiled(state, batch, train_key)
                 step += 1
                 bar.update(1)

@@ -12,7 +12,9 @@ import optax
 OPTIMIZERS = ("adafactor", "adam")
 
 
-def learning_rate_schedule(*, peak_lr: float, warmup_steps: int, total_steps: int, end_lr: float = 0.0) -> optax.Schedule:
+def learning_rate_schedule(
+    *, peak_lr: float, warmup_steps: int, total_steps: int, end_lr: float = 0.0
+) -> optax.Schedule:
     """Linear warmup from 0 to peak_lr over warmup_steps, then cosine decay to end_lr at total_steps."""
     if total_steps <= warmup_steps:
         return optax.linear_schedule(0.0, peak_lr, max(warmup_steps, 1))
@@ -32,14 +34,17 @@ def make_optimizer(config, total_steps: int) -> tuple[optax.GradientTransformati
     if name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {name!r}; set --config.optimizer.name to one of {OPTIMIZERS}")
     schedule = learning_rate_schedule(
-        peak_lr=config.peak_lr, warmup_steps=config.warmup_steps, total_steps=total_steps,
+        peak_lr=config.peak_lr,
+        warmup_steps=config.warmup_steps,
+        total_steps=total_steps,
         end_lr=config.get("end_lr", 0.0),
     )
     if name == "adafactor":
         opt = optax.adafactor(learning_rate=schedule)
     else:
-        opt = optax.adam(learning_rate=schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999),
-                         eps=config.get("eps", 1e-8))
+        opt = optax.adam(
+            learning_rate=schedule, b1=config.get("b1", 0.9), b2=config.get("b2", 0.999), eps=config.get("eps", 1e-8)
+        )
     clip = config.get("grad_clip_norm", None)
     if clip:
         opt = optax.chain(optax.clip_by_global_norm(clip), opt)

@@ -58,7 +58,8 @@ def abstract_sharded_state(init_params_fn, optimizer, rng, mesh, rules):
     shardings = logical_shardings(boxed, mesh, rules)
     abstract = jax.tree_util.tree_map(
         lambda leaf, sharding: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=sharding),
-        nn.meta.unbox(boxed), shardings,
+        nn.meta.unbox(boxed),
+        shardings,
     )
     return abstract, shardings
 

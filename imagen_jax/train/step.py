@@ -53,8 +53,16 @@ def make_train_step(model, optimizer, lr_schedule, config):
         def model_fn(z, logsnr, cond):
             return model.apply({"params": params}, z, logsnr, train=True, rngs={"dropout": dropout_key}, **cond)
 
-        loss, _ = diffusion_loss(model_fn, batch["image"], cond, loss_key, schedule=schedule,
-                                 prediction=prediction, min_snr_gamma=min_snr_gamma, snr_floor=snr_floor)
+        loss, _ = diffusion_loss(
+            model_fn,
+            batch["image"],
+            cond,
+            loss_key,
+            schedule=schedule,
+            prediction=prediction,
+            min_snr_gamma=min_snr_gamma,
+            snr_floor=snr_floor,
+        )
         return loss
 
     grad_fn = jax.value_and_grad(loss_fn)
@@ -69,7 +77,8 @@ def make_train_step(model, optimizer, lr_schedule, config):
         # block of the batch-sharded global batch holds its share of each micro-batch, so the
         # split needs no communication and each micro-batch stays spread over all devices.
         micro = jax.tree_util.tree_map(
-            lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1), batch)
+            lambda x: jnp.swapaxes(x.reshape((x.shape[0] // accum, accum) + x.shape[1:]), 0, 1), batch
+        )
 
         def body(carry, inputs):
             i, mb = inputs

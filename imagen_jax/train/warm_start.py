@@ -30,8 +30,10 @@ def _source_state_path(source: str) -> tuple[str, int]:
         step = manager.latest_step()
         manager.close()
     if step is None:
-        raise FileNotFoundError(f"train.init_from={source!r} has no checkpoint under {directory}; point it at "
-                                "the workdir of a trained stage (or set train.init_from='' to start from scratch)")
+        raise FileNotFoundError(
+            f"train.init_from={source!r} has no checkpoint under {directory}; point it at "
+            "the workdir of a trained stage (or set train.init_from='' to start from scratch)"
+        )
     return os.fspath(directory / str(step) / "state"), step
 
 
@@ -45,9 +47,11 @@ def _check_shapes(source: str, saved, wanted) -> None:
     for name in sorted(saved_flat.keys() | wanted_flat.keys()):
         there, here = saved_flat.get(name), wanted_flat.get(name)
         if there != here:
-            raise ValueError(f"train.init_from={source!r}: param {name} is {there or 'absent'} there and "
-                             f"{here or 'absent'} in this config's model; the source stage must have the "
-                             "same model section (only the resolution may differ)")
+            raise ValueError(
+                f"train.init_from={source!r}: param {name} is {there or 'absent'} there and "
+                f"{here or 'absent'} in this config's model; the source stage must have the "
+                "same model section (only the resolution may differ)"
+            )
 
 
 def warm_start(source: str, state, shardings):
@@ -57,7 +61,11 @@ def warm_start(source: str, state, shardings):
     saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata
     _check_shapes(source, {k: saved[k] for k in _ITEMS}, {k: getattr(state, k) for k in _ITEMS})
     target = abstract_like({k: getattr(state, k) for k in _ITEMS}, {k: getattr(shardings, k) for k in _ITEMS})
-    restored = ocp.PyTreeCheckpointer().restore(path, args=ocp.args.PyTreeRestore(
-        item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    restored = ocp.PyTreeCheckpointer().restore(
+        path,
+        args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+        ),
+    )
     log.info("params and EMA params from %s, step %d", source, step)
     return state.replace(**{k: restored[k] for k in _ITEMS})
