@@ -107,7 +107,7 @@ def main() -> int:
     from imagen_jax import storage
     from imagen_jax.config import load_config, to_dict
     from imagen_jax.parallel import make_mesh, rules_from_config
-    from imagen_jax.train.loop import compile_training
+    from imagen_jax.train.program import compile_training
 
     config = load_config(args.config)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)

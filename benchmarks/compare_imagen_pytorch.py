@@ -8,7 +8,7 @@ in one run (ours one rep, theirs one rep, ...), medians, ratios, parameter count
 
 The peer runs in its own environment, driven through benchmarks/imagen_pytorch_worker.py
 (JSON lines over a pipe). What is timed:
-  train   ours: the real train step (imagen_jax.train.loop.compile_training: sharded state,
+  train   ours: the real train step (imagen_jax.train.program.compile_training: sharded state,
           AOT-compiled with donation; CFG text dropout, q_sample, eps MSE with min-SNR 5 as
           the peer, Adam, EMA). Theirs: Imagen.forward + backward + Adam (no EMA).
   guided  ours: one jitted guided_output (cond + null text as ONE batched call), dynamic
@@ -235,7 +235,7 @@ class Ours:
 
         from imagen_jax.diffusion import Schedule, ancestral_update, denoise, null_text
         from imagen_jax.parallel import make_mesh, rules_from_config
-        from imagen_jax.train.loop import compile_training
+        from imagen_jax.train.program import compile_training
 
         self.jax = jax
         config = matched_config(arch)

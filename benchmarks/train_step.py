@@ -24,7 +24,7 @@ from results_io import RESULTS_DIR, write_results
 from imagen_jax.config import apply_overrides, load_config
 from imagen_jax.parallel import make_mesh, rules_from_config
 from imagen_jax.train.hardware import peak_tflops
-from imagen_jax.train.loop import compile_training
+from imagen_jax.train.program import compile_training
 
 
 def synthetic_batch(specs, shardings, seed=0):

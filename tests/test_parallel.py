@@ -85,7 +85,7 @@ def test_train_step_pins_activations_to_the_batch_shards():
     import re
 
     from imagen_jax.config import load_config
-    from imagen_jax.train.loop import lower_training
+    from imagen_jax.train.program import lower_training
 
     config = load_config("configs/demo.py:smoke").base
     mesh = make_mesh(data=2, fsdp=4)

@@ -18,8 +18,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from imagen_jax.config import apply_overrides, load_config
-from imagen_jax.train.loop import ConfigMismatchError, check_workdir_config
 from imagen_jax.train.warm_start import warm_start
+from imagen_jax.train.workdir import ConfigMismatchError, check_workdir_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = str(REPO / "configs" / "shapes_base32.py")

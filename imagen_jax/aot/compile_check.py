@@ -29,7 +29,7 @@ import numpy as np
 from imagen_jax.aot.tpu_slices import TpuSlice, parse_slice, topology_devices
 from imagen_jax.models import build_model, dummy_inputs
 from imagen_jax.parallel import make_mesh, rules_from_config
-from imagen_jax.train.loop import lower_training
+from imagen_jax.train.program import lower_training
 
 
 @dataclasses.dataclass

@@ -1,0 +1,78 @@
+"""Sample grids during training: fixed preview inputs, sampled with the EMA params through
+the stage sampler (`sample_stage`) and saved as PNGs and TensorBoard images."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
+
+from imagen_jax import storage
+from imagen_jax.config import is_super_resolution
+from imagen_jax.images import make_grid, save_png, to_uint8
+from imagen_jax.pipeline.stage_sampler import StageConfig, sample_stage
+from imagen_jax.train.metrics import MetricsWriter
+
+
+def preview_inputs(config, encoder, cache_dir: str) -> dict:
+    """Fixed inputs for the sample grids: the configured prompts encoded; for SR stages the
+    first examples of the (unshuffled) data split as low-res inputs and ground truth (their
+    captions' embeddings from the cache in `cache_dir`)."""
+    from imagen_jax.data.pipeline import dataset_from_config
+    from imagen_jax.text.embedding_cache import EmbeddingCacheSource
+
+    prompts = list(config.train.sample_prompts)
+    embedding, mask = encoder.encode(prompts)
+    inputs = {"prompts": prompts, "text_embedding": np.asarray(embedding), "text_mask": np.asarray(mask)}
+    if is_super_resolution(config):
+        data = config.data.copy_and_resolve_references()
+        data.shuffle, data.num_workers, data.random_crop = False, 0, False
+        it = iter(
+            dataset_from_config(
+                data,
+                batch_size=len(prompts),
+                process_index=0,
+                process_count=1,
+                text_embeddings=EmbeddingCacheSource(cache_dir),
+            )
+        )
+        batch = next(it)
+        inputs.update(
+            text_embedding=batch["text_embedding"],
+            text_mask=batch["text_mask"],
+            low_res=batch["low_res"],
+            truth=batch["image"],
+        )
+    return inputs
+
+
+def write_sample_grid(
+    config, stage: StageConfig, params, preview, step: int, workdir: str, writer: MetricsWriter, mesh
+) -> str | None:
+    """Sample the preview prompts with `params` (the EMA) through the stage sampler (`stage`:
+    the config's model and `sampling` section) and save a PNG grid; returns its path. Every
+    process runs it (the params are global arrays); the inputs are replicated on `mesh`."""
+    replicated = NamedSharding(mesh, PartitionSpec())
+    put = lambda name: jax.device_put(np.asarray(preview[name]), replicated)  # noqa: E731
+    images = sample_stage(
+        params,
+        put("text_embedding"),
+        put("text_mask"),
+        jax.random.key(config.seed),
+        config=stage,
+        low_res=put("low_res") if "low_res" in preview else None,
+    )
+    cells = to_uint8(multihost_utils.process_allgather(images, tiled=True))
+    columns = None
+    if "low_res" in preview:  # rows of (low-res, sample, truth)
+        factor = config.resolution // preview["low_res"].shape[1]
+        low = to_uint8(preview["low_res"]).repeat(factor, axis=1).repeat(factor, axis=2)
+        cells = np.stack([low, cells, to_uint8(preview["truth"])], axis=1).reshape((-1,) + cells.shape[1:])
+        columns = 3
+    grid = make_grid(cells, columns=columns, upscale_to=96)
+    if jax.process_index() != 0:
+        return None
+    path = save_png(grid, storage.join(workdir, "samples", f"step_{step:07d}.png"))
+    writer.image(step, "samples", grid)
+    return path

@@ -1,0 +1,120 @@
+"""The compiled training program: a stage's train step lowered from abstract state with
+in/out shardings and donation, compiled ahead of time (design.md §7). `imagen-jax
+compile-check` lowers the same program for a TPU topology."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from imagen_jax.config import is_super_resolution
+from imagen_jax.models import build_model, dummy_inputs
+from imagen_jax.parallel import activation_sharding, batch_axis_size, batch_sharding
+from imagen_jax.train.optimizers import make_optimizer
+from imagen_jax.train.state import TrainState, abstract_sharded_state, create_sharded_state
+from imagen_jax.train.step import make_train_step
+
+
+def abstract_batch(config, global_batch: int, text_dim: int) -> dict:
+    """ShapeDtypeStructs of one global batch (the train step is compiled before any data)."""
+    res, length = config.resolution, config.data.max_text_length
+    batch = {
+        "image": jax.ShapeDtypeStruct((global_batch, res, res, 3), jnp.float32),
+        "text_embedding": jax.ShapeDtypeStruct((global_batch, length, text_dim), jnp.float32),
+        "text_mask": jax.ShapeDtypeStruct((global_batch, length), jnp.bool_),
+    }
+    if is_super_resolution(config):
+        low = config.low_res_resolution
+        batch["low_res"] = jax.ShapeDtypeStruct((global_batch, low, low, 3), jnp.float32)
+    return batch
+
+
+def _flops_per_device(compiled) -> float:
+    costs = compiled.cost_analysis()
+    costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+    return float((costs or {}).get("flops", 0.0))
+
+
+@dataclasses.dataclass
+class LoweredTraining:
+    """A stage's train step lowered for one mesh and global batch from abstract state only
+    (no parameter is materialized): what `compile_training` compiles for the local devices
+    and `imagen-jax compile-check` compiles for a TPU topology."""
+
+    model: Any
+    optimizer: Any
+    init_params_fn: Any  # rng -> boxed params
+    abstract_state: TrainState  # jax.ShapeDtypeStruct leaves carrying their shardings
+    shardings: Any
+    batch_specs: dict
+    batch_shardings: dict
+    lowered: Any  # jax.stages.Lowered of (state, batch, key) -> (state, metrics), state donated
+
+
+def lower_training(config, mesh, rules, global_batch: int) -> LoweredTraining:
+    """Build the model and optimizer from `config`, derive the state's shardings on `mesh`
+    (jax.eval_shape: no memory) and lower the real train step with in/out shardings and
+    donation of the state. The step is traced under `activation_sharding(mesh, rules)`, so
+    the models' activation constraints (batch over data x fsdp) are in the program."""
+    accum = int(config.train.get("grad_accum_steps", 1))
+    if global_batch % (batch_axis_size(mesh) * accum):
+        raise ValueError(
+            f"train.batch_size={global_batch} must be divisible by the {batch_axis_size(mesh)} batch shards "
+            f"(mesh data x fsdp = {mesh.shape['data']} x {mesh.shape['fsdp']}) times train.grad_accum_steps={accum}, "
+            "so that every micro-batch spreads evenly over the shards; change --config.train.batch_size, "
+            "--config.train.grad_accum_steps or --config.mesh.data / --config.mesh.fsdp"
+        )
+    model = build_model(config.model)
+    optimizer, lr_schedule = make_optimizer(config.optimizer, config.train.steps)
+    init_inputs = dummy_inputs(config, batch=1, text_length=config.data.max_text_length)
+
+    def init_params_fn(rng):
+        return model.init(rng, **init_inputs)["params"]
+
+    abstract_state, shardings = abstract_sharded_state(init_params_fn, optimizer, jax.random.key(0), mesh, rules)
+    batch_specs = abstract_batch(config, global_batch, config.model.text_dim)
+    batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_specs.items()}
+    step_fn = make_train_step(model, optimizer, lr_schedule, config)
+    key_spec = jax.eval_shape(lambda: jax.random.key(0))
+    with activation_sharding(mesh, rules):
+        lowered = jax.jit(
+            step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None), donate_argnums=0
+        ).lower(abstract_state, batch_specs, key_spec)
+    return LoweredTraining(
+        model, optimizer, init_params_fn, abstract_state, shardings, batch_specs, batch_shardings, lowered
+    )
+
+
+@dataclasses.dataclass
+class TrainingProgram:
+    """A stage's model, its fresh sharded state and the train step compiled for one global batch."""
+
+    model: Any
+    state: TrainState
+    shardings: Any
+    batch_specs: dict
+    batch_shardings: dict
+    step: Any  # compiled: (state, batch, key) -> (state, metrics), state donated
+    flops_per_device: float
+
+
+def compile_training(config, mesh, rules, global_batch: int, init_key) -> TrainingProgram:
+    """Lower the train step (`lower_training`), compile it ahead of time and create the
+    state it takes, sharded on `mesh`."""
+    program = lower_training(config, mesh, rules, global_batch)
+    compiled = program.lowered.compile()
+    state, shardings = create_sharded_state(
+        program.init_params_fn, program.optimizer, init_key, mesh, rules, program.shardings
+    )
+    return TrainingProgram(
+        program.model,
+        state,
+        shardings,
+        program.batch_specs,
+        program.batch_shardings,
+        compiled,
+        _flops_per_device(compiled),
+    )
