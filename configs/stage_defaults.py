@@ -25,14 +25,19 @@ Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
   train.sample_every        steps between sample grids (0 = never); train.sample_prompts
   checkpoint.every / keep / async_save
   mesh.data / mesh.fsdp     device mesh (-1: all remaining devices); mesh.rules: None = defaults
-  sampling.*                sampler for the grids: sampler, num_steps, threshold,
-                            guidance_weight, aug_level (SR), start_logsnr (None: the
+  sampling.*                how the stage samples (grids, `imagen-jax sample`, the cascade;
+                            defaults: imagen_jax.config.SAMPLING_DEFAULTS): sampler,
+                            num_steps, threshold, quantile, gamma, eta, guidance_weight,
+                            aug_level (SR),
+                            image_size (0: the resolution), start_logsnr (None: the
                             grid starts at t = 1; else at this log-SNR),
                             guidance_logsnr_min / _max (None: guide at every step; else
                             only at log-SNRs inside the interval, Kynkaanniemi et al. 2024)
 """
 
 import ml_collections
+
+from imagen_jax.config import SAMPLING_DEFAULTS
 
 SAMPLE_PROMPTS = (
     "a red circle on a white background",
@@ -100,16 +105,5 @@ def add_training_sections(
     )
     config.checkpoint = ml_collections.ConfigDict(dict(every=checkpoint_every, keep=3, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=None))
-    config.sampling = ml_collections.ConfigDict(
-        dict(
-            sampler="dpm_solver_pp_2m",
-            num_steps=32,
-            threshold="dynamic",
-            guidance_weight=3.0,
-            aug_level=0.0,
-            start_logsnr=None,
-            guidance_logsnr_min=None,
-            guidance_logsnr_max=None,
-        )
-    )
+    config.sampling = ml_collections.ConfigDict(SAMPLING_DEFAULTS)
     return config

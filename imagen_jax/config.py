@@ -89,6 +89,27 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides) -> ml_collecti
     return config
 
 
+# A stage's `sampling` section, in one place: configs/stage_defaults.py builds every preset's
+# section from it, and upgrade_saved_config fills in what an older config.json lacks.
+# (SamplerConfig's own defaults are the library's, for direct use of diffusion.sample.)
+SAMPLING_DEFAULTS = dict(
+    sampler="dpm_solver_pp_2m",
+    num_steps=32,
+    threshold="dynamic",
+    quantile=0.995,  # dynamic thresholding's percentile p (design.md §3)
+    gamma=0.0,  # ancestral: posterior (0) .. transition (1) variance
+    eta=0.0,  # DDIM: 0 deterministic
+    guidance_weight=3.0,
+    aug_level=0.0,  # SR stages: noise-conditioning level of the low-res input (0 = clean)
+    image_size=0,  # 0: the training resolution (an SR stage may sample larger)
+    start_logsnr=None,
+    guidance_logsnr_min=None,
+    guidance_logsnr_max=None,
+)
+# Fields of the `diffusion` section older config.json files may lack, at their values then.
+_DIFFUSION_DEFAULTS = dict(prediction="eps", aug_schedule={"kind": "cosine"})
+
+
 def is_super_resolution(config) -> bool:
     """Whether a stage config (ConfigDict, or a workdir's config.json dict) is an SR stage:
     the one reading of `stage` ("base" | "sr"; base when absent)."""
@@ -96,11 +117,17 @@ def is_super_resolution(config) -> bool:
 
 
 def upgrade_saved_config(saved: dict) -> dict:
-    """A workdir's config.json as today's fields (the one reader of older workdirs; they still
-    resume and sample). Older versions saved the lr schedule's horizon as optimizer.total_steps
-    beside train.steps; it is now train.steps itself, so an equal copy is dropped (an unequal
-    one stays and shows as a config difference: that run decayed over another horizon)."""
-    saved = json.loads(json.dumps(saved))
+    """A stage config as a dict of today's fields: a workdir's config.json (the one reader of
+    older workdirs; they still resume and sample) or a ConfigDict. Fields added since fill in
+    with their defaults (SAMPLING_DEFAULTS, the diffusion prediction and augmentation
+    schedule). Older versions saved the lr schedule's horizon as optimizer.total_steps beside
+    train.steps; it is now train.steps itself, so an equal copy is dropped (an unequal one
+    stays and shows as a config difference: that run decayed over another horizon)."""
+    saved = to_dict(saved) if isinstance(saved, ml_collections.ConfigDict) else json.loads(json.dumps(saved))
+    for key, value in SAMPLING_DEFAULTS.items():
+        saved.setdefault("sampling", {}).setdefault(key, value)
+    for key, value in _DIFFUSION_DEFAULTS.items():
+        saved.setdefault("diffusion", {}).setdefault(key, value)
     optimizer, train = saved.get("optimizer") or {}, saved.get("train") or {}
     if "total_steps" in optimizer and optimizer["total_steps"] == train.get("steps"):
         del optimizer["total_steps"]

@@ -18,8 +18,8 @@ from imagen_jax.pipeline import Cascade, StageConfig, WorkdirError, sample_stage
 from imagen_jax.pipeline.outputs import image_file_names, prompt_slug
 from imagen_jax.train import make_optimizer
 from imagen_jax.train.checkpoints import Checkpoints
-from imagen_jax.train.loop import check_workdir_config
 from imagen_jax.train.state import init_state
+from imagen_jax.train.workdir import check_workdir_config
 
 TEXT_LEN = 40
 PROMPTS = ["a red circle", "a blue square on a white background", "a green triangle"]
@@ -230,10 +230,9 @@ def test_sample_cli_writes_pngs_grid_and_manifest(stages, tmp_path, capsys):
             str(prompts_file),
             "--out",
             str(out),
-            "--set",
-            "0.num_steps=2",
-            "--set",
-            "1.guidance_weight=1",
+            "--config.0.sampling.num_steps=2",
+            "--config.1.sampling.guidance_weight",
+            "1",
             "--no-progress",
         ]
     )
@@ -255,9 +254,10 @@ def test_sample_cli_writes_pngs_grid_and_manifest(stages, tmp_path, capsys):
         (["--workdir", "{root}/missing", "--prompt", "x"], "does not exist"),
         (["--workdir", "{base}", "--workdir", "{root}/missing", "--prompt", "x"], "does not exist"),
         (["--workdir", "{base}"], "at least one non-empty prompt"),
-        (["--workdir", "{base}", "--prompt", "x", "--set", "3.guidance_weight=2"], "stage 3 does not exist"),
-        (["--workdir", "{base}", "--prompt", "x", "--set", "0.weight=2"], "unknown field"),
-        (["--workdir", "{base}", "--prompt", "x", "--set", "0.num_steps=many"], "takes a int"),
+        (["--workdir", "{base}", "--prompt", "x", "--config.3.sampling.guidance_weight=2"], "stage 3 does not exist"),
+        (["--workdir", "{base}", "--prompt", "x", "--config.0.sampling.weight=2"], "unknown config key"),
+        (["--workdir", "{base}", "--prompt", "x", "--config.0.sampling.num_steps=many"], "bad value"),
+        (["--workdir", "{base}", "--prompt", "x", "--config.0.model.channels=4"], "STAGE.sampling.FIELD"),
         (["--workdir", "{base}", "--prompts-file", "{root}/none.txt"], "does not exist"),
     ],
 )

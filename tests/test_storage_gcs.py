@@ -246,10 +246,8 @@ def test_cascade_from_bucket_workdirs_samples_to_a_bucket_out(gcs, capsys):
                 "a blue square",
                 "--out",
                 gcs.uri("samples"),
-                "--set",
-                "0.num_steps=2",
-                "--set",
-                "1.num_steps=2",
+                "--config.0.sampling.num_steps=2",
+                "--config.1.sampling.num_steps=2",
                 "--no-progress",
             ]
         )

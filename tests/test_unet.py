@@ -333,20 +333,20 @@ def test_small_presets_build(preset):
 
 
 def test_sharded_apply_matches_single_device():
-    """Under a (data, fsdp) mesh with the suggested logical rules, parameters sharded by their
+    """Under a (data, fsdp) mesh with the training's logical rules, parameters sharded by their
     logical axes and the batch split over all 8 devices, the output matches the unsharded one."""
-    from imagen_jax.models.partitioning import SUGGESTED_FSDP_RULES
+    from imagen_jax.parallel import DEFAULT_RULES, activation_sharding, logical_shardings
 
     config, model, params, apply = setup("efficient_self")
     inputs = jax.tree_util.tree_map(lambda x: jnp.concatenate([x] * 4), make_inputs(config, jax.random.key(13)))
     expected = apply(params, inputs)
     mesh = jax.make_mesh((4, 2), ("data", "fsdp"), axis_types=(jax.sharding.AxisType.Auto,) * 2)
-    specs = nn.get_partition_spec(abstract_params(model, config))
-    param_shardings = nn.logical_to_mesh_sharding(specs, mesh, SUGGESTED_FSDP_RULES)
+    param_shardings = logical_shardings(abstract_params(model, config), mesh, DEFAULT_RULES)
     batch_sharding = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(("data", "fsdp")))
     sharded_params = jax.device_put(params, param_shardings)
     sharded_inputs = jax.device_put(inputs, batch_sharding)
-    with nn.logical_axis_rules(SUGGESTED_FSDP_RULES), jax.set_mesh(mesh):
+    assert any(s.spec != jax.sharding.PartitionSpec() for s in jax.tree_util.tree_leaves(param_shardings))
+    with activation_sharding(mesh, DEFAULT_RULES):
         out = jax.jit(lambda p, x: model.apply({"params": p}, **x))(sharded_params, sharded_inputs)
     assert out.sharding.spec[0] == ("data", "fsdp")
     np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)

@@ -16,6 +16,8 @@ import math
 import os
 import re
 
+from imagen_jax.train.hardware import CHIP_PEAK_TFLOPS
+
 GIB = 1024**3
 
 
@@ -38,10 +40,10 @@ class Chip:
 
 
 CHIPS = {
-    "v4": Chip("v4", "v4", 275.0, 32 * GIB, 1228.0, megacore=True, dims=3),
-    "v5p": Chip("v5p", "v5", 459.0, 95 * GIB, 2765.0, megacore=True, dims=3),
-    "v5e": Chip("v5e", "v5e", 197.0, 16 * GIB, 819.0, megacore=False, dims=2),
-    "v6e": Chip("v6e", "v6e", 918.0, 32 * GIB, 1640.0, megacore=False, dims=2),
+    "v4": Chip("v4", "v4", CHIP_PEAK_TFLOPS["v4"], 32 * GIB, 1228.0, megacore=True, dims=3),
+    "v5p": Chip("v5p", "v5", CHIP_PEAK_TFLOPS["v5p"], 95 * GIB, 2765.0, megacore=True, dims=3),
+    "v5e": Chip("v5e", "v5e", CHIP_PEAK_TFLOPS["v5e"], 16 * GIB, 819.0, megacore=False, dims=2),
+    "v6e": Chip("v6e", "v6e", CHIP_PEAK_TFLOPS["v6e"], 32 * GIB, 1640.0, megacore=False, dims=2),
 }
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v5": "v5p", "v6lite": "v6e"}
 

@@ -50,14 +50,7 @@ def denoise(
     from the thresholded x_hat so that z_t = alpha x_hat + sigma eps_hat still holds.
     """
     out = guided_output(model_fn, z, logsnr, cond, uncond, guidance_weight)
-    if prediction == "eps":
-        eps, x = out, param.x_from_eps(z, out, logsnr)
-    elif prediction == "x":
-        x, eps = out, param.eps_from_x(z, out, logsnr)
-    elif prediction == "v":
-        x, eps = param.x_from_v(z, out, logsnr), param.eps_from_v(z, out, logsnr)
-    else:
-        raise ValueError(f"unknown prediction {prediction!r}; use one of {param.PREDICTIONS}")
+    x, eps = param.x_and_eps(prediction, z, out, logsnr)
     if threshold != "none":
         x = apply_threshold(x, threshold, quantile)
         eps = param.eps_from_x(z, x, logsnr)

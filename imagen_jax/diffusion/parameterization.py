@@ -43,6 +43,18 @@ def eps_from_v(z, v, logsnr):
     return sigma * z + alpha * v
 
 
+def x_and_eps(prediction: str, z, output, logsnr):
+    """(x, eps) implied by a model `output` of kind `prediction` at z_t, each read in the
+    output's own parameterization (no division by a vanishing alpha or sigma where avoidable)."""
+    if prediction == "eps":
+        return x_from_eps(z, output, logsnr), output
+    if prediction == "x":
+        return output, eps_from_x(z, output, logsnr)
+    if prediction == "v":
+        return x_from_v(z, output, logsnr), eps_from_v(z, output, logsnr)
+    raise ValueError(f"unknown prediction {prediction!r}; use one of {PREDICTIONS}")
+
+
 def target_for(prediction: str, x, eps, logsnr):
     """The regression target for a model of kind `prediction`, given clean x and noise eps."""
     if prediction == "eps":

@@ -2,13 +2,14 @@
 
 Every parameter is created with `nn.with_logical_partitioning(init, names)` and the main
 activations are pinned with `nn.with_logical_constraint(x, names)`. The names below are
-the whole vocabulary; the training code maps them to mesh axes (data, fsdp) with rules such
-as `SUGGESTED_FSDP_RULES`. Outside a mesh with rules the constraints are no-ops.
+the whole vocabulary; the training code maps them to mesh axes (data, fsdp) with the rules
+of imagen_jax/parallel/rules.py (`DEFAULT_RULES`, or the config's `mesh.rules`). Outside a
+mesh with rules the constraints are no-ops.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import flax.linen as nn
 
@@ -34,24 +35,6 @@ ACTIVATION_AXES = {
     "channels": "feature channels of images, tokens and embedding vectors",
     "length": "text tokens",
 }
-
-# A starting point for the training configuration: batch over (data, fsdp), parameters
-# sharded over fsdp on their largest axis, everything else replicated.
-SUGGESTED_FSDP_RULES: tuple[tuple[str, Any], ...] = (
-    ("batch", ("data", "fsdp")),
-    ("conv_out", "fsdp"),
-    ("embed", "fsdp"),
-    ("mlp", "fsdp"),
-    ("text_embed", "fsdp"),
-    ("heads", None),
-    ("kv", None),
-    ("conv_in", None),
-    ("norm", None),
-    ("height", None),
-    ("width", None),
-    ("channels", None),
-    ("length", None),
-)
 
 
 def partitioned(init: Callable, *names: str | None) -> Callable:

@@ -25,7 +25,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imagen_jax import storage
-from imagen_jax.config import upgrade_saved_config
+from imagen_jax.config import apply_overrides, to_dict, upgrade_saved_config
 from imagen_jax.images import to_uint8
 from imagen_jax.pipeline.stage_sampler import StageConfig, sample_stage
 
@@ -143,11 +143,14 @@ class Cascade:
         text_encoder=None,
         steps: Sequence[int | None] | None = None,
         stage_settings: Sequence[dict] | None = None,
+        config_overrides: Sequence[Sequence[str]] | None = None,
         devices: Sequence[Any] | None = None,
     ) -> Cascade:
         """Stages from `imagen-jax train` workdirs, base first. The text encoder is the one the
         stages were trained with (config.text.encoder, the same for all), unless given.
         stage_settings[i]: StageConfig field changes for stage i (e.g. {"guidance_weight": 5.0}).
+        config_overrides[i]: overrides of stage i's saved config before it is read, as in
+        training (e.g. ["sampling.num_steps=64"]; `imagen-jax sample --config.I.sampling...`).
         devices: where to sample (default: all local devices; a batch that divides their number
         is split over them, others run replicated)."""
         from imagen_jax.text.encoder import load_text_encoder
@@ -155,6 +158,13 @@ class Cascade:
         if not workdirs:
             raise WorkdirError("Pass at least one stage workdir (the base stage first).")
         configs = [read_stage_config(w) for w in workdirs]
+        if config_overrides is not None:
+            if len(config_overrides) != len(workdirs):
+                raise ValueError(f"Give one config_overrides entry per workdir ({len(workdirs)}).")
+            configs = [
+                to_dict(apply_overrides(ml_collections.ConfigDict(c), items)) if items else c
+                for c, items in zip(configs, config_overrides)
+            ]
         encoders = {c["text"]["encoder"] for c in configs}
         lengths = {c["data"]["max_text_length"] for c in configs}
         if len(encoders) > 1:

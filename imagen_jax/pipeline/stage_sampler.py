@@ -13,30 +13,28 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from imagen_jax.config import is_super_resolution
+from imagen_jax.config import is_super_resolution, upgrade_saved_config
 from imagen_jax.diffusion import SamplerConfig, Schedule, null_text, q_sample
 from imagen_jax.diffusion import sample as diffusion_sample
 
 
-def _section_getter(config):
-    """get(section, key, default) on a ConfigDict or a workdir's config.json dict; a missing
-    section or field (older workdirs) gives the default."""
-    return lambda section, key, default=None: (config.get(section) or {}).get(key, default)
-
-
 def sampler_from_config(config) -> SamplerConfig:
     """The `sampling` section of a stage's config (ConfigDict, or the dict in a workdir's
-    config.json; fields missing from older workdirs take their defaults) as a SamplerConfig."""
-    get = _section_getter(config)
+    config.json; fields an older one lacks take SAMPLING_DEFAULTS) as a SamplerConfig."""
+    config = upgrade_saved_config(config)
+    sampling = config["sampling"]
     return SamplerConfig(
-        kind=get("sampling", "sampler", "dpm_solver_pp_2m"),
-        num_steps=int(get("sampling", "num_steps", 32)),
+        kind=sampling["sampler"],
+        num_steps=int(sampling["num_steps"]),
         schedule=Schedule.from_config(config["diffusion"]["schedule"]),
-        prediction=get("diffusion", "prediction", "eps"),
-        threshold=get("sampling", "threshold", "dynamic"),
-        start_logsnr=get("sampling", "start_logsnr"),
-        guidance_logsnr_min=get("sampling", "guidance_logsnr_min"),
-        guidance_logsnr_max=get("sampling", "guidance_logsnr_max"),
+        prediction=config["diffusion"]["prediction"],
+        threshold=sampling["threshold"],
+        quantile=float(sampling["quantile"]),
+        gamma=float(sampling["gamma"]),
+        eta=float(sampling["eta"]),
+        start_logsnr=sampling["start_logsnr"],
+        guidance_logsnr_min=sampling["guidance_logsnr_min"],
+        guidance_logsnr_max=sampling["guidance_logsnr_max"],
     )
 
 
@@ -92,16 +90,16 @@ class StageConfig:
         `changes` replace fields: sampler=..., guidance_weight=..., ..."""
         from imagen_jax.models import build_model
 
-        get = _section_getter(config)
-        sampler = sampler_from_config(config)
+        config = upgrade_saved_config(config)
+        sampling = config["sampling"]
         fields = dict(
             model=build_model(config["model"]),
-            image_size=int(get("sampling", "image_size", 0) or config["resolution"]),
+            image_size=int(sampling["image_size"] or config["resolution"]),
             low_res_size=int(config["low_res_resolution"]) if is_super_resolution(config) else 0,
-            sampler=sampler,
-            guidance_weight=float(get("sampling", "guidance_weight", 1.0)),
-            aug_level=float(get("sampling", "aug_level", 0.0)),
-            aug_schedule=Schedule.from_config(get("diffusion", "aug_schedule", {"kind": "cosine"})),
+            sampler=sampler_from_config(config),
+            guidance_weight=float(sampling["guidance_weight"]),
+            aug_level=float(sampling["aug_level"]),
+            aug_schedule=Schedule.from_config(config["diffusion"]["aug_schedule"]),
             channels=int(config["model"].get("out_channels", 3)),
         )
         unknown = sorted(set(changes) - set(fields))
