@@ -159,13 +159,18 @@ def test_stage_config_from_a_training_config():
     assert (sampler.start_logsnr, sampler.guidance_logsnr_min, sampler.guidance_logsnr_max) == (-10.0, None, 2.0)
 
 
-def test_sample_settings_parse_per_stage_and_none_unsets_an_optional_field():
-    from imagen_jax.pipeline.cli import parse_settings
+def test_sample_overrides_go_to_their_stage_and_none_unsets_an_optional_field(stages):
+    from imagen_jax.pipeline.cli import stage_overrides
 
-    settings = parse_settings(["0.guidance_logsnr_max=2", "0.start_logsnr=None", "1.guidance_weight=1"], 2)
-    assert settings == [{"sampler": {"guidance_logsnr_max": 2.0, "start_logsnr": None}}, {"guidance_weight": 1.0}]
-    with pytest.raises(ValueError, match="num_steps takes a int"):
-        parse_settings(["0.num_steps=None"], 1)
+    overrides = ["0.sampling.guidance_logsnr_max=2", "0.sampling.start_logsnr=None", "1.sampling.guidance_weight=1"]
+    per_stage = stage_overrides(overrides, 2)
+    assert per_stage[0] == ["sampling.guidance_logsnr_max=2", "sampling.start_logsnr=None"]
+    assert per_stage[1] == ["sampling.guidance_weight=1"]
+    base, sr = Cascade.from_workdirs([stages["base"], stages["sr"]], config_overrides=per_stage).stages
+    assert (base.sampler.guidance_logsnr_max, base.sampler.start_logsnr, sr.guidance_weight) == (2.0, None, 1.0)
+    assert base.guidance_weight == 3.0  # what the stage was trained to sample with, untouched
+    with pytest.raises(ValueError, match="bad value for config.sampling.num_steps"):
+        Cascade.from_workdirs([stages["base"]], config_overrides=[["sampling.num_steps=None"]])
 
 
 def test_workdir_errors(stages, tmp_path):
