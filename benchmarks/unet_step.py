@@ -23,13 +23,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from imagen_jax.config import load_config
 from imagen_jax.models.builder import (
     abstract_params,
     build_model,
     dummy_inputs,
     init_params,
 )
-from imagen_jax.models.param_count import load_config
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

@@ -1,5 +1,5 @@
-"""The `imagen-jax` command. Each subcommand lives beside the code it drives and
-registers itself here with `add_parser(subparsers)` and a `run(args)` function."""
+"""The `imagen-jax` command. Each subcommand is a module of imagen_jax/commands/ named
+after it, with `add_parser(subparsers)` and a `run(args)` function, listed in SUBCOMMANDS."""
 
 from __future__ import annotations
 
@@ -24,14 +24,14 @@ USER_ERRORS = (
 
 # (module path, subcommand) pairs; each module defines add_parser(subparsers) and run(args).
 SUBCOMMANDS: list[tuple[str, str]] = [
-    ("imagen_jax.text.embed_cli", "embed"),
-    ("imagen_jax.data.cli", "data"),
-    ("imagen_jax.train.cli", "train"),
-    ("imagen_jax.models.param_count", "params"),
-    ("imagen_jax.eval.cli", "eval"),
-    ("imagen_jax.pipeline.cli", "sample"),
-    ("imagen_jax.aot.cli", "compile-check"),
-    ("imagen_jax.demo", "demo"),
+    ("imagen_jax.commands.embed", "embed"),
+    ("imagen_jax.commands.data", "data"),
+    ("imagen_jax.commands.train", "train"),
+    ("imagen_jax.commands.params", "params"),
+    ("imagen_jax.commands.eval", "eval"),
+    ("imagen_jax.commands.sample", "sample"),
+    ("imagen_jax.commands.compile_check", "compile-check"),
+    ("imagen_jax.commands.demo", "demo"),
 ]
 
 

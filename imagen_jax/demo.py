@@ -16,9 +16,7 @@
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import logging
 import os
 import sys
 import time
@@ -27,30 +25,11 @@ import jax
 import numpy as np
 
 from imagen_jax import storage
-from imagen_jax.cli import log_to_stderr
 from imagen_jax.images import make_grid, save_png, to_uint8
 
 # The repository's configs/demo.py, wherever the command runs from (an editable install or a
 # clone on PYTHONPATH; a wheel does not carry configs/).
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs", "demo.py")
-
-
-def add_parser(subparsers) -> None:
-    parser = subparsers.add_parser(
-        "demo",
-        help="train a small shapes cascade (32 -> 64 px) on this machine, sample it and evaluate it",
-        description=__doc__,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument(
-        "--workdir", default="runs/demo", help="where the stages, samples and eval.json go (default runs/demo)"
-    )
-    parser.add_argument(
-        "--config", default=DEFAULT_CONFIG, help="demo config (default: the repository's configs/demo.py)"
-    )
-    parser.add_argument("--override", action="store_true", help="continue stage workdirs whose saved config differs")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(run=run, accepts_config_overrides=True)
 
 
 def guidance_sweep(cascade, prompts: list[str], weights, *, seed: int, batch_size: int) -> list[dict]:
@@ -225,17 +204,3 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
     print("time: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in seconds.items()) + f"; total {total / 60:.1f} min")
     print(f"samples: {samples}/grid.png, cascade.png; results: {workdir}/eval.json")
     return result
-
-
-def run(args) -> int:
-    from imagen_jax.config import apply_overrides, load_config
-
-    log_to_stderr(logging.WARNING)
-    if not os.path.exists(args.config.split(":")[0]):
-        raise FileNotFoundError(
-            f"no demo config {args.config!r}; pass --config path/to/configs/demo.py (in a clone "
-            "of the repository; a wheel install does not carry configs/)."
-        )
-    config = apply_overrides(load_config(args.config), args.config_overrides)
-    run_demo(config, args.workdir, override=args.override, progress=not args.no_progress)
-    return 0

@@ -160,7 +160,7 @@ def test_stage_config_from_a_training_config():
 
 
 def test_sample_overrides_go_to_their_stage_and_none_unsets_an_optional_field(stages):
-    from imagen_jax.pipeline.cli import stage_overrides
+    from imagen_jax.commands.sample import stage_overrides
 
     overrides = ["0.sampling.guidance_logsnr_max=2", "0.sampling.start_logsnr=None", "1.sampling.guidance_weight=1"]
     per_stage = stage_overrides(overrides, 2)

@@ -130,8 +130,8 @@ def test_format_report_of_recorded_paper_results():
     import dataclasses
     from pathlib import Path
 
-    from imagen_jax.aot.cli import format_report
     from imagen_jax.aot.compile_check import CompileReport
+    from imagen_jax.commands.compile_check import format_report
 
     results = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
     fields = {f.name for f in dataclasses.fields(CompileReport)}

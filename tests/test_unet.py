@@ -11,11 +11,11 @@ import ml_collections
 import numpy as np
 import pytest
 
+from imagen_jax.commands.params import PAPER_PARAMS
 from imagen_jax.config import load_config
 from imagen_jax.diffusion import Schedule, diffusion_loss
 from imagen_jax.models import build_model, count_params
 from imagen_jax.models.builder import abstract_params, dummy_inputs
-from imagen_jax.models.param_count import PAPER_PARAMS
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 TEXT_DIM, TEXT_LEN, BATCH = 12, 6, 2

@@ -231,3 +231,22 @@ class EmbeddingCacheSource:
             f"EmbeddingCacheSource({self.cache_dir!r}, count={len(self)}, encoder={self.encoder_name!r}, "
             f"dim={self.dim}, max_length={self.max_length}, dtype={self.metadata['dtype']})"
         )
+
+
+def caption_records(builder, split: str, caption_key: str):
+    """Random-access records of one split with only `caption_key` decoded."""
+    import tensorflow_datasets as tfds
+
+    from imagen_jax.data.sources import data_source
+
+    features = builder.info.features
+    if caption_key not in features:
+        raise ValueError(f"The dataset has no feature {caption_key!r} (it has {sorted(features)}); pass --caption-key.")
+    # Images stay undecoded (the costly part); nested features (dicts, sequences) cannot take
+    # SkipDecoding and are small, so they are decoded.
+    skip = {
+        name: tfds.decode.SkipDecoding()
+        for name, feature in features.items()
+        if name != caption_key and isinstance(feature, tfds.features.Image)
+    }
+    return data_source(builder, split, skip)

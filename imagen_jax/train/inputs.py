@@ -20,8 +20,7 @@ def prepare_data(config, encoder) -> str:
     with `encoder` if the cache is missing (a progress bar); then all processes meet at one
     barrier. A given `data.text_embedding_dir` is used as it is."""
     from imagen_jax.data.sources import open_builder
-    from imagen_jax.text.embed_cli import caption_records
-    from imagen_jax.text.embedding_cache import embedding_cache_dir, write_embedding_cache
+    from imagen_jax.text.embedding_cache import caption_records, embedding_cache_dir, write_embedding_cache
 
     data = config.data
 

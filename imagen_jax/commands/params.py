@@ -1,7 +1,7 @@
 """Parameter count per preset, by jax.eval_shape (no memory), against the paper (design.md §1).
 
     imagen-jax params [--config configs/base64_2b.py ...]
-    python -m imagen_jax.models.param_count [--config ...]
+    python -m imagen_jax.commands.params [--config ...]
 
 Without --config every preset in the repository's configs/ with a `model` section is listed.
 """

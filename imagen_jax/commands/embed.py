@@ -15,6 +15,7 @@ import argparse
 from imagen_jax.text.builtin import TINY_RANDOM_BYT5
 from imagen_jax.text.embedding_cache import (
     CACHE_DTYPES,
+    caption_records,
     embedding_cache_dir,
     write_embedding_cache,
 )
@@ -50,25 +51,6 @@ def _builder(args):
     if args.dataset_dir:
         return tfds.builder_from_directory(args.dataset_dir)
     return tfds.builder(args.dataset, data_dir=args.data_dir)
-
-
-def caption_records(builder, split: str, caption_key: str):
-    """Random-access records of one split with only `caption_key` decoded."""
-    import tensorflow_datasets as tfds
-
-    from imagen_jax.data.sources import data_source
-
-    features = builder.info.features
-    if caption_key not in features:
-        raise ValueError(f"The dataset has no feature {caption_key!r} (it has {sorted(features)}); pass --caption-key.")
-    # Images stay undecoded (the costly part); nested features (dicts, sequences) cannot take
-    # SkipDecoding and are small, so they are decoded.
-    skip = {
-        name: tfds.decode.SkipDecoding()
-        for name, feature in features.items()
-        if name != caption_key and isinstance(feature, tfds.features.Image)
-    }
-    return data_source(builder, split, skip)
 
 
 def run(args) -> int:
