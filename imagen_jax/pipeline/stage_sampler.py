@@ -18,10 +18,9 @@ from imagen_jax.diffusion import SamplerConfig, Schedule, null_text, q_sample
 from imagen_jax.diffusion import sample as diffusion_sample
 
 
-def sampler_from_config(config) -> SamplerConfig:
-    """The `sampling` section of a stage's config (ConfigDict, or the dict in a workdir's
-    config.json; fields an older one lacks take SAMPLING_DEFAULTS) as a SamplerConfig."""
-    config = upgrade_saved_config(config)
+def _sampler(config: dict) -> SamplerConfig:
+    """The `sampling` section of an upgraded stage config dict (upgrade_saved_config) as a
+    SamplerConfig."""
     sampling = config["sampling"]
     return SamplerConfig(
         kind=sampling["sampler"],
@@ -96,7 +95,7 @@ class StageConfig:
             model=build_model(config["model"]),
             image_size=int(sampling["image_size"] or config["resolution"]),
             low_res_size=int(config["low_res_resolution"]) if is_super_resolution(config) else 0,
-            sampler=sampler_from_config(config),
+            sampler=_sampler(config),
             guidance_weight=float(sampling["guidance_weight"]),
             aug_level=float(sampling["aug_level"]),
             aug_schedule=Schedule.from_config(config["diffusion"]["aug_schedule"]),
