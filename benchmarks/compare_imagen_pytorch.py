@@ -115,7 +115,6 @@ def matched_config(arch: Architecture):
             norm_groups=math.gcd(32, arch.dim),
             dropout=0.0,
             out_channels=3,
-            low_res_conditioning=False,
             dtype="float32",
             param_dtype="float32",
             remat=False,

@@ -5,7 +5,7 @@ batches with images, SR low-res images and padded T5-sized text embeddings from 
 synthetic cache), discards warm-up batches, then times batches and prints a table;
 results go to benchmarks/results/input_pipeline.json.
 
-  python benchmarks/input_pipeline.py [--num_workers 0 4] [--batches 40] [--data_dir D]
+  python benchmarks/input_pipeline.py [--num-workers 0 4] [--batches 40] [--data-dir D]
 
 Compare the figures with what training consumes per host: e.g. the paper's base model,
 global batch 2048 at ~1 step/s on 64 hosts (v4-256), takes 32 images/s per host.
@@ -65,15 +65,15 @@ def measure(dataset, warmup: int, batches: int, batch_size: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data_dir", default=None, help="where to generate the datasets (default: a temp dir)")
-    parser.add_argument("--num_records", type=int, default=2000)
-    parser.add_argument("--batch_size", type=int, default=32)
-    parser.add_argument("--num_workers", type=int, nargs="+", default=[0, os.cpu_count() or 1])
-    parser.add_argument("--read_threads", type=int, default=4)
+    parser.add_argument("--data-dir", default=None, help="where to generate the datasets (default: a temp dir)")
+    parser.add_argument("--num-records", type=int, default=2000)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--num-workers", type=int, nargs="+", default=[0, os.cpu_count() or 1])
+    parser.add_argument("--read-threads", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--batches", type=int, default=30)
-    parser.add_argument("--text_dim", type=int, default=4096, help="T5-XXL width")
-    parser.add_argument("--max_text_length", type=int, default=128)
+    parser.add_argument("--text-dim", type=int, default=4096, help="T5-XXL width")
+    parser.add_argument("--max-text-length", type=int, default=128)
     parser.add_argument("--output", default=os.path.join(os.path.dirname(__file__), "results", "input_pipeline.json"))
     args = parser.parse_args()
 

@@ -101,7 +101,7 @@ def main(argv=None) -> None:
         from compare_imagen_pytorch import Architecture, matched_config
 
         config, name = matched_config(Architecture()), "compare_imagen_pytorch_matched"
-    model = build_model(config.model)
+    model = build_model(config)
     params = init_params(model, config, jax.random.key(0))
     inputs, target = random_inputs(config, args.batch, args.text_length, jax.random.key(1))
 

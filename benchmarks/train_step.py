@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import jax
 import numpy as np
 from results_io import RESULTS_DIR, write_results
 
+from imagen_jax.cli import split_config_overrides
 from imagen_jax.config import apply_overrides, load_config
 from imagen_jax.parallel import make_mesh, rules_from_config
 from imagen_jax.train.hardware import peak_tflops
@@ -45,11 +47,12 @@ def main():
     parser.add_argument("--batch", type=int, default=None, help="global batch (default: train.batch_size)")
     parser.add_argument("--steps", type=int, default=5, help="timed steps after one warm-up")
     parser.add_argument("--text-length", type=int, default=None, help="text tokens (default: data.max_text_length)")
-    parser.add_argument("--set", nargs="*", default=[], help="config overrides a.b=value")
     parser.add_argument("--out", default=None)
-    args = parser.parse_args()
+    parser.epilog = "Config fields are overridden as in imagen-jax train: --config.SECTION.FIELD=VALUE."
+    rest, overrides = split_config_overrides(sys.argv[1:])
+    args = parser.parse_args(rest)
 
-    config = apply_overrides(load_config(args.config), args.set)
+    config = apply_overrides(load_config(args.config), overrides)
     if args.text_length:
         config.data.max_text_length = args.text_length
     batch = args.batch or config.train.batch_size

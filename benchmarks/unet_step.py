@@ -75,7 +75,7 @@ def time_call(fn, args, iters: int) -> list[float]:
 
 
 def benchmark(config, batch: int, text_length: int, iters: int, flops_only: bool = False) -> dict:
-    model = build_model(config.model)
+    model = build_model(config)
     if flops_only:
         params = nn.meta.unbox(abstract_params(model, config))
         inputs = dummy_inputs(config, batch, text_length, abstract=True)

@@ -90,7 +90,6 @@ def _demo() -> ml_collections.ConfigDict:
     # 32 channels, (1, 2, 2), head_dim 16: the best block UNet tried; 17000 steps fill ~21 min.
     config.base = _stage(shapes_base32, steps=17000, checkpoint_every=4250)
     config.base.model.update(patch_size=2, channels=32, channel_mult=(1, 2, 2), head_dim=16)
-    config.base.data.image_size = 32  # read the 64 px scenes at 32 px
     # Batch 8: a CPU step costs linearly in the batch, so batch 8 buys 4x the updates of 32.
     # lr ~ sqrt(batch) from 2e-3 at 32; the warmup and the EMA's horizon kept in images.
     config.base.train.batch_size = 8
@@ -137,7 +136,6 @@ def _smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         stage = config[name]
         stage.data.name = "imagen_shapes/32px_train64_test16"
         stage.resolution = resolution
-        stage.data.image_size = resolution
         stage.train.steps = 4
         stage.train.batch_size = 8
         stage.train.log_every = 2
@@ -145,7 +143,7 @@ def _smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
         stage.optimizer.warmup_steps = 1
         stage.sampling.num_steps = 4
         stage.train.sample_prompts = stage.train.sample_prompts[:2]
-    config.sr.low_res_resolution = config.sr.data.low_res_size = 16
+    config.sr.low_res_resolution = 16
     config.base.model.update(
         channels=8, channel_mult=(1, 2), head_dim=8, embed_dim=32, attention_resolutions=(8,), norm_groups=4
     )

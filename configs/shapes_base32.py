@@ -9,8 +9,8 @@ import stage_defaults
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.stage = "base"
     config.resolution = 32
+    config.low_res_resolution = 0  # a base stage (an SR stage: the side of its low-res input)
     config.model = ml_collections.ConfigDict(
         dict(
             family="unet",
@@ -30,7 +30,6 @@ def get_config() -> ml_collections.ConfigDict:
             norm_groups=8,
             dropout=0.0,
             out_channels=3,
-            low_res_conditioning=False,
             dtype="float32",
             param_dtype="float32",
             remat=False,

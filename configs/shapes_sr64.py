@@ -9,7 +9,6 @@ import stage_defaults
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.stage = "sr"
     config.resolution = 64
     config.low_res_resolution = 32
     config.model = ml_collections.ConfigDict(
@@ -30,7 +29,6 @@ def get_config() -> ml_collections.ConfigDict:
             norm_groups=8,
             dropout=0.0,
             out_channels=3,
-            low_res_conditioning=True,
             low_res_resize="bilinear",
             dtype="float32",
             param_dtype="float32",

@@ -27,5 +27,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.diffusion.schedule.kind = "linear"
     data = config.data
     data.name = "imagen_shapes/1024px"
-    data.image_size, data.crop_size, data.low_res_size, data.random_crop = 1024, 256, 64, True
+    data.resize_to, data.random_crop = 1024, True  # random 256 px crops of the 1024 px images
     return config

@@ -25,7 +25,6 @@ import stage_defaults
 
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.stage = "sr"
     config.resolution = 256
     config.low_res_resolution = 64
     config.model = ml_collections.ConfigDict(
@@ -46,7 +45,6 @@ def get_config() -> ml_collections.ConfigDict:
             norm_groups=32,
             dropout=0.0,
             out_channels=3,
-            low_res_conditioning=True,
             low_res_resize="bilinear",
             dtype="bfloat16",
             param_dtype="float32",

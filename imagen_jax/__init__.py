@@ -7,7 +7,7 @@ The public API (docs/api.md), one name per level of sampling:
       one trained stage, a pure function (`StageConfig.from_config(stage_config)`);
   `Cascade.from_workdirs([...]).sample(prompts)`: text -> trained stages -> images.
 The diffusion core (`q_sample`, `diffusion_loss`, `Schedule`) is pure functions; a stage's
-model comes from its config (`build_model(config.model)`); configs load with `load_config`
+model comes from its config (`build_model(config)`); configs load with `load_config`
 and `apply_overrides`. Text encoders: `imagen_jax.text.load_text_encoder`.
 """
 

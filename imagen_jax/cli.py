@@ -55,10 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    argv = sys.argv[1:] if argv is None else list(argv)
-    # --config.a.b=VALUE overrides (and "--config.a.b VALUE") are collected apart from argparse.
+def split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(the other arguments, ["a.b=VALUE", ...]): --config.a.b=VALUE overrides (and
+    "--config.a.b VALUE") collected apart from argparse, for `apply_overrides`."""
     overrides, rest, i = [], [], 0
     while i < len(argv):
         arg = argv[i]
@@ -69,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rest.append(arg)
         i += 1
+    return rest, overrides
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    rest, overrides = split_config_overrides(sys.argv[1:] if argv is None else list(argv))
     args = parser.parse_args(rest)
     if overrides and not getattr(args, "accepts_config_overrides", False):
         parser.error(f"{args.command or 'this command'} takes no --config.* overrides")

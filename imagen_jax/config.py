@@ -34,7 +34,32 @@ def load_config(spec) -> ml_collections.ConfigDict:
     if not hasattr(module, "get_config"):
         raise ValueError(f"config file {path!r} defines no get_config()")
     config = module.get_config(arg) if arg else module.get_config()
+    _refuse_retired_fields(config, path)
     return config
+
+
+# Fields that config files set beside their source in older versions, and what replaced them.
+_RETIRED_FIELDS = {
+    "stage": "low_res_resolution (0: a base stage; else the side of the SR stage's low-res input)",
+    "model.low_res_conditioning": "low_res_resolution (the model conditions on a low-res image exactly in SR stages)",
+    "optimizer.total_steps": "train.steps (the lr schedule decays over the whole run)",
+    "data.image_size": "data.resize_to (0: the stage's resolution)",
+    "data.crop_size": "resolution (the crop is the stage's training size)",
+    "data.low_res_size": "low_res_resolution",
+    "data.batch_size_per_host": "train.batch_size (the global batch; each host reads its share)",
+}
+
+
+def _refuse_retired_fields(config, path: str) -> None:
+    """One clear error for a config file written for an older version (its workdirs' saved
+    config.json still load: upgrade_saved_config)."""
+    for key, replacement in _RETIRED_FIELDS.items():
+        *parents, leaf = key.split(".")
+        node = config
+        for part in parents:
+            node = node.get(part) if hasattr(node, "get") else None
+        if hasattr(node, "get") and leaf in node:
+            raise ValueError(f"config file {path!r} sets {key}, which is no longer a field: use {replacement}.")
 
 
 def _parse_value(text: str, current):
@@ -111,18 +136,22 @@ _DIFFUSION_DEFAULTS = dict(prediction="eps", aug_schedule={"kind": "cosine"})
 
 
 def is_super_resolution(config) -> bool:
-    """Whether a stage config (ConfigDict, or a workdir's config.json dict) is an SR stage:
-    the one reading of `stage` ("base" | "sr"; base when absent)."""
-    return config.get("stage", "base") == "sr"
+    """Whether a stage config (ConfigDict, or a workdir's config.json dict) is an SR stage: the
+    one switch is `low_res_resolution` (the side of the low-res input it is trained on; 0 for
+    a base stage). The model's low-res conditioning and the data's low-res image follow it."""
+    return int(config.get("low_res_resolution") or 0) > 0
 
 
 def upgrade_saved_config(saved: dict) -> dict:
     """A stage config as a dict of today's fields: a workdir's config.json (the one reader of
     older workdirs; they still resume and sample) or a ConfigDict. Fields added since fill in
     with their defaults (SAMPLING_DEFAULTS, the diffusion prediction and augmentation
-    schedule). Older versions saved the lr schedule's horizon as optimizer.total_steps beside
-    train.steps; it is now train.steps itself, so an equal copy is dropped (an unequal one
-    stays and shows as a config difference: that run decayed over another horizon)."""
+    schedule). Values older versions set beside their source are dropped when they agree with
+    it (an unequal one stays and shows as a config difference): optimizer.total_steps
+    (train.steps), stage and model.low_res_conditioning (low_res_resolution), data.crop_size
+    (resolution), data.low_res_size (low_res_resolution), data.batch_size_per_host (the
+    trainer always used train.batch_size); data.image_size becomes data.resize_to (0 when it
+    is the resolution)."""
     saved = to_dict(saved) if isinstance(saved, ml_collections.ConfigDict) else json.loads(json.dumps(saved))
     for key, value in SAMPLING_DEFAULTS.items():
         saved.setdefault("sampling", {}).setdefault(key, value)
@@ -131,7 +160,40 @@ def upgrade_saved_config(saved: dict) -> dict:
     optimizer, train = saved.get("optimizer") or {}, saved.get("train") or {}
     if "total_steps" in optimizer and optimizer["total_steps"] == train.get("steps"):
         del optimizer["total_steps"]
+    if "resolution" in saved:
+        _upgrade_stage_switch(saved)
+        _upgrade_data_sizes(saved)
     return saved
+
+
+def _drop_if(section: dict, key: str, value) -> None:
+    if key in section and section[key] == value:
+        del section[key]
+
+
+def _upgrade_stage_switch(saved: dict) -> None:
+    """`stage: base | sr` (older configs) -> low_res_resolution alone (0: base)."""
+    stage = saved.pop("stage", None)
+    if stage == "base":
+        saved["low_res_resolution"] = 0  # a base stage ignored it
+    elif stage == "sr" and not is_super_resolution(saved):
+        saved["stage"] = stage  # an SR stage without a low-res size: shows as a difference
+    _drop_if(saved.get("model") or {}, "low_res_conditioning", is_super_resolution(saved))
+
+
+def _upgrade_data_sizes(saved: dict) -> None:
+    data = saved.get("data")
+    if not isinstance(data, dict):
+        return
+    resolution = saved["resolution"]
+    if "image_size" in data and "resize_to" not in data:
+        data["resize_to"] = 0 if data["image_size"] == resolution else data["image_size"]
+        if not data.get("crop_size"):
+            data["crop_size"] = data["image_size"]
+        del data["image_size"]
+    _drop_if(data, "crop_size", resolution)
+    _drop_if(data, "low_res_size", int(saved.get("low_res_resolution") or 0))
+    data.pop("batch_size_per_host", None)
 
 
 def to_dict(config) -> dict:

@@ -27,10 +27,10 @@ PROMPTS = ["a red circle", "a blue square on a white background", "a green trian
 
 def tiny_stage_config(stage: str) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.stage = stage
     config.seed = 0
     config.resolution = 16 if stage == "base" else 32
     common = dict(text_dim=256, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2, norm_groups=4)
+    config.low_res_resolution = 0 if stage == "base" else 16
     if stage == "base":
         config.model = ml_collections.ConfigDict(
             dict(
@@ -44,7 +44,6 @@ def tiny_stage_config(stage: str) -> ml_collections.ConfigDict:
             )
         )
     else:
-        config.low_res_resolution = 16
         config.model = ml_collections.ConfigDict(
             dict(
                 family="efficient_unet",
@@ -53,7 +52,6 @@ def tiny_stage_config(stage: str) -> ml_collections.ConfigDict:
                 strides=(2, 2),
                 attention=("none", "self"),
                 num_heads=2,
-                low_res_conditioning=True,
                 **common,
             )
         )
@@ -82,7 +80,7 @@ def make_workdir(root, stage: str, step: int = 7):
     workdir = os.path.join(root, stage)
     check_workdir_config(config, workdir, override=False)
     # Random params of the model's exact tree (no init compile: this is a format test).
-    shapes = nn.meta.unbox(abstract_params(build_model(config.model), config))
+    shapes = nn.meta.unbox(abstract_params(build_model(config), config))
     rng = np.random.default_rng(0 if stage == "base" else 1)
     params, ema = (jax.tree.map(lambda s: rng.normal(0, 0.05, s.shape).astype(s.dtype), shapes) for _ in range(2))
     optimizer, _ = make_optimizer(config.optimizer, 10)

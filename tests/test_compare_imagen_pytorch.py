@@ -31,7 +31,7 @@ def test_matched_unet_is_built_as_claimed():
         batch=2,
     )
     config = compare.matched_config(arch)
-    params = nn.meta.unbox(abstract_params(build_model(config.model), config))  # the real init, traced (no compile)
+    params = nn.meta.unbox(abstract_params(build_model(config), config))  # the real init, traced (no compile)
     assert sum(x.size for x in jax.tree_util.tree_leaves(params)) == compare.matched_param_count(arch)
     # widths: level l has dim * dim_mults[l] channels; attention (one 32-channel head) only at level 1 and the middle
     assert params["down_0_block_0"]["conv_in"]["kernel"].shape == (3, 3, 32, 32)

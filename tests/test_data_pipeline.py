@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 
+import ml_collections
 import ml_dtypes
 import numpy as np
 import pytest
@@ -227,24 +228,43 @@ def test_dataset_from_config(shapes_source, tmp_path):
         import data_shapes
     finally:
         sys.path.pop(0)
+
+    # The sizes are the stage's: crop `resolution` of the image resized to data.resize_to
+    # (0: the resolution), low-res `low_res_resolution`; the batch train.batch_size / hosts.
+    def stage(resolution, low_res_resolution, data, batch_size=4):
+        return ml_collections.ConfigDict(
+            dict(
+                resolution=resolution,
+                low_res_resolution=low_res_resolution,
+                data=data,
+                train=dict(batch_size=batch_size),
+            )
+        )
+
     data = data_shapes.data_config("sr128")
-    data.image_size, data.low_res_size, data.num_workers, data.text = 32, 8, 0, "none"
-    data.shapes_labels = True
-    batch = next(iter(dataset_from_config(data, batch_size=2, records=shapes_source, process_index=0, process_count=1)))
+    data.num_workers, data.text, data.shapes_labels = 0, "none", True
+    sr = stage(32, 8, data)
+    batch = next(iter(dataset_from_config(sr, batch_size=2, records=shapes_source, process_index=0, process_count=1)))
     assert batch["image"].shape == (2, 32, 32, 3) and batch["low_res"].shape == (2, 8, 8, 3)
     assert batch["labels"]["shape"].shape == (2, 2)
+    data.resize_to = 48  # random 32 px crops of the images at 48 px; the batch from train.batch_size / 2 hosts
+    batch = next(iter(dataset_from_config(sr, records=shapes_source, process_index=1, process_count=2)))
+    assert batch["image"].shape == (2, 32, 32, 3) and batch["low_res"].shape == (2, 8, 8, 3)
+    with pytest.raises(ValueError, match="does not split evenly over 3 processes"):
+        dataset_from_config(sr, records=shapes_source, process_index=0, process_count=3)
     with pytest.raises(ValueError, match="needs the embedding cache"):
         data.text = "embedding"
-        dataset_from_config(data, records=shapes_source, process_index=0, process_count=1)
+        dataset_from_config(sr, records=shapes_source, process_index=0, process_count=1)
 
     # By name: a missing shapes dataset is generated; host index and count come from JAX.
     data = data_shapes.data_config("base32")
     data.name, data.data_dir, data.text, data.num_workers = "imagen_shapes/16px_train8_test2", str(tmp_path), "none", 0
-    data.image_size = 16
-    assert next(iter(dataset_from_config(data, batch_size=4)))["image"].shape == (4, 16, 16, 3)
+    base = stage(16, 0, data)
+    batch = next(iter(dataset_from_config(base)))
+    assert batch["image"].shape == (4, 16, 16, 3) and "low_res" not in batch
     data.prepare_shapes, data.name = False, "imagen_shapes/16px_train9_test2"
     with pytest.raises(FileNotFoundError, match="imagen-jax data shapes"):
-        dataset_from_config(data)
+        dataset_from_config(base)
 
 
 def test_everything_runs_without_tensorflow(tmp_path):

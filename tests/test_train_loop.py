@@ -28,7 +28,6 @@ CONFIG = str(REPO / "configs" / "shapes_base32.py")
 def tiny_overrides(data_dir, steps=12, **extra):
     overrides = {
         "resolution": 16,
-        "data.image_size": 16,
         "data.name": "imagen_shapes/16px_seed0_train64_test8",
         "data.data_dir": str(data_dir),
         "data.num_workers": 0,
@@ -279,7 +278,6 @@ def test_init_from_starts_another_resolution_from_a_trained_stage(straight_run, 
         steps=3,
         **{
             "resolution": 8,
-            "data.image_size": 8,
             "model.attention_resolutions": "(4,)",
             "optimizer.peak_lr": 0.0,
             "train.ema_decay": 1.0,

@@ -17,8 +17,8 @@ TEXT_LEN, TEXT_DIM = 8, 16
 
 def tiny_config(stage="base", optimizer="adam", accum=1):
     config = ml_collections.ConfigDict()
-    config.stage = stage
     config.resolution = 16
+    config.low_res_resolution = 0 if stage == "base" else 8
     config.model = ml_collections.ConfigDict(
         dict(
             family="unet" if stage == "base" else "efficient_unet",
@@ -40,7 +40,6 @@ def tiny_config(stage="base", optimizer="adam", accum=1):
             )
         )
     else:
-        config.low_res_resolution = 8
         config.model.update(
             dict(
                 channels=(16, 32),
@@ -52,7 +51,6 @@ def tiny_config(stage="base", optimizer="adam", accum=1):
                 noise_sinusoid_dim=16,
                 text_pool_heads=2,
                 norm_groups=4,
-                low_res_conditioning=True,
             )
         )
     config.diffusion = ml_collections.ConfigDict(
@@ -71,14 +69,14 @@ def make_batch(config, batch=8, seed=0):
         "text_embedding": rng.normal(size=(batch, TEXT_LEN, TEXT_DIM)).astype(np.float32),
         "text_mask": np.arange(TEXT_LEN)[None, :] < rng.integers(1, TEXT_LEN + 1, (batch, 1)),
     }
-    if config.stage == "sr":
+    if config.low_res_resolution:
         low = config.low_res_resolution
         out["low_res"] = rng.uniform(-1, 1, (batch, low, low, 3)).astype(np.float32)
     return out
 
 
 def setup(config, mesh):
-    model = build_model(config.model)
+    model = build_model(config)
     optimizer, schedule = make_optimizer(config.optimizer, 10)
     inputs = dummy_inputs(config, batch=1, text_length=TEXT_LEN)
     init_fn = lambda rng: model.init(rng, **inputs)["params"]  # noqa: E731

@@ -23,7 +23,6 @@ TEXT_DIM, TEXT_LEN, BATCH = 12, 6, 2
 COMMON = dict(text_dim=TEXT_DIM, embed_dim=32, noise_sinusoid_dim=16, text_pool_heads=2, norm_groups=4, out_channels=3)
 TINY = {
     "unet": dict(
-        stage="base",
         resolution=16,
         model=dict(
             family="unet",
@@ -38,7 +37,6 @@ TINY = {
         ),
     ),
     "unet_patch": dict(  # model.patch_size 2: the UNet runs on 2 x 2 pixel blocks (8 x 8 of them)
-        stage="base",
         resolution=16,
         model=dict(
             family="unet",
@@ -53,7 +51,6 @@ TINY = {
         ),
     ),
     "efficient_self": dict(
-        stage="sr",
         resolution=16,
         low_res_resolution=8,
         model=dict(
@@ -63,12 +60,10 @@ TINY = {
             strides=(2, 2),
             attention=("none", "self"),
             num_heads=2,
-            low_res_conditioning=True,
             **COMMON,
         ),
     ),
     "efficient_cross": dict(
-        stage="sr",
         resolution=16,
         low_res_resolution=8,
         model=dict(
@@ -80,7 +75,6 @@ TINY = {
             attention_every_block=True,
             num_heads=2,
             text_context_dim=8,
-            low_res_conditioning=True,
             **COMMON,
         ),
     ),
@@ -97,7 +91,7 @@ def random_params(config, seed=0):
     """Random parameters of the model's shapes (numpy, nothing to compile), so that the
     zero-initialised output layers do not hide bugs: kernels N(0, 1/fan_in), norm scales
     near 1, biases and the rest small."""
-    boxed = abstract_params(build_model(config.model), config)
+    boxed = abstract_params(build_model(config), config)
     rng = np.random.default_rng(seed)
 
     def fill(path, leaf):
@@ -118,7 +112,7 @@ def random_params(config, seed=0):
 def setup(name):
     """(config, model, random params, jitted apply) of a tiny model."""
     config = tiny_config(name)
-    model = build_model(config.model)
+    model = build_model(config)
     return config, model, random_params(config), jax.jit(lambda p, inputs: model.apply({"params": p}, **inputs))
 
 
@@ -140,7 +134,7 @@ def make_inputs(config, key, *, valid=(4, 2), length=TEXT_LEN):
         text_embedding=jax.random.normal(keys[1], (BATCH, length, TEXT_DIM)),
         text_mask=mask,
     )
-    if config.stage == "sr":
+    if config.get("low_res_resolution"):
         low = config.low_res_resolution
         inputs["low_res"] = jnp.tanh(jax.random.normal(keys[2], (BATCH, low, low, 3)))
         inputs["aug_logsnr"] = jnp.array([2.0, 10.0])
@@ -233,7 +227,7 @@ def test_low_res_skip_starts_as_the_upsampling():
     from imagen_jax.models.conditioning import upsample_low_res
 
     config = tiny_config("efficient_self", low_res_skip=True, low_res_resize="bicubic")
-    model = build_model(config.model)
+    model = build_model(config)
     inputs = make_inputs(config, jax.random.key(12))
     params = nn.meta.unbox(jax.jit(model.init)(jax.random.key(0), **dummy_inputs(config))["params"])
     out = jax.jit(lambda p, x: model.apply({"params": p}, **x))(params, inputs)
@@ -244,8 +238,10 @@ def test_low_res_skip_starts_as_the_upsampling():
     assert float(jnp.sum(jnp.abs(grads["low_res_skip"]["kernel"]))) > 0
     with pytest.raises(ValueError, match="low_res_conditioning"):
         build_model(
-            ml_collections.ConfigDict(
-                dict(TINY["efficient_self"]["model"], low_res_skip=True, low_res_conditioning=False)
+            dict(
+                TINY["efficient_self"],
+                low_res_resolution=0,
+                model=dict(TINY["efficient_self"]["model"], low_res_skip=True),
             )
         ).init(jax.random.key(0), inputs["z"], inputs["logsnr"], inputs["text_embedding"], inputs["text_mask"])
 
@@ -289,7 +285,7 @@ def test_bfloat16_compute_and_remat_match_float32():
     config, _, params, apply = setup("unet")
     inputs = make_inputs(config, jax.random.key(10))
     reference = apply(params, inputs)
-    variant = build_model(tiny_config("unet", dtype="bfloat16", param_dtype="float32", remat=True).model)
+    variant = build_model(tiny_config("unet", dtype="bfloat16", param_dtype="float32", remat=True))
     out = jax.jit(lambda p, x: variant.apply({"params": p}, **x))(params, inputs)
     assert out.dtype == jnp.float32
     scale = float(jnp.max(jnp.abs(reference)))
@@ -298,7 +294,7 @@ def test_bfloat16_compute_and_remat_match_float32():
 
 def test_every_parameter_has_logical_axes():
     config = tiny_config("efficient_cross")
-    boxed = abstract_params(build_model(config.model), config)
+    boxed = abstract_params(build_model(config), config)
     leaves = jax.tree_util.tree_leaves(boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     assert leaves and all(isinstance(x, nn.LogicallyPartitioned) for x in leaves)
     assert all(len(x.names) == x.value.ndim for x in leaves)
@@ -314,9 +310,11 @@ def test_config_errors_name_the_fix():
     with pytest.raises(ValueError, match="text_dim"):
         model.apply({"params": params}, **dict(inputs, text_embedding=inputs["text_embedding"][..., :5]))
     with pytest.raises(ValueError, match="unknown model config field"):
-        build_model(dict(family="unet", chanels=16))
+        build_model(dict(model=dict(family="unet", chanels=16)))
     with pytest.raises(ValueError, match="model.family"):
-        build_model(dict(family="transformer"))
+        build_model(dict(model=dict(family="transformer")))
+    with pytest.raises(ValueError, match="low_res_resolution > 0"):
+        build_model(dict(model=dict(family="unet", low_res_conditioning=True)))
 
 
 @pytest.mark.parametrize("preset", sorted(PAPER_PARAMS))

@@ -107,7 +107,7 @@ def _shard_bytes(abstract_tree) -> int:
 def model_flops_per_step(config, global_batch: int, params) -> float:
     """3 x the forward pass's FLOPs on the global batch (XLA's count of the un-optimized
     forward, on the default backend; rematerialization not counted). `params`: abstract, unboxed."""
-    model = build_model(config.model)
+    model = build_model(config)
     params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), params)
     inputs = dummy_inputs(config, batch=global_batch, text_length=config.data.max_text_length, abstract=True)
     lowered = jax.jit(lambda p, x: model.apply({"params": p}, **x)).lower(params, inputs)

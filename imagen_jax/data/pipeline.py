@@ -22,7 +22,7 @@ With orbax, save it beside the model with `grain.checkpoint.CheckpointSave(it)` 
 
 Batch (b = per-host batch):
   "image": float32 [b, C, C, 3] in [-1, 1]
-  "low_res": float32 [b, c, c, 3] in [-1, 1]                 SR stages (low_res_size > 0)
+  "low_res": float32 [b, c, c, 3] in [-1, 1]                 SR stages (low_res_resolution c > 0)
   "text_embedding": float32 [b, L, D] (0 at padding) + "text_mask": bool [b, L]   cache
   "text_tokens": int32 [b, L] + "text_mask": bool [b, L]                 tokenizer
   "caption": str [b]      only with keep_caption
@@ -136,13 +136,16 @@ def _ensure_absl_flags_parsed() -> None:
         flags.FLAGS.mark_as_parsed()
 
 
-def prepare_from_config(data: ml_collections.ConfigDict, text: str) -> PrepareExample:
-    """The per-record transform described by a `config.data` section."""
+def prepare_from_config(config: ml_collections.ConfigDict, text: str) -> PrepareExample:
+    """The per-record transform of a stage config: its `data` section says how (resize,
+    crop position, methods, keys), the stage the sizes: crop `resolution`, low-res image
+    `low_res_resolution` (0: none), resize to data.resize_to (0: the resolution)."""
+    data = config.data
     return PrepareExample(
-        image_size=data.image_size,
-        crop_size=data.crop_size,
+        image_size=data.resize_to or config.resolution,
+        crop_size=config.resolution,
         random_crop=data.random_crop,
-        low_res_size=data.low_res_size,
+        low_res_size=int(config.get("low_res_resolution") or 0),
         resize_method=data.resize_method,
         low_res_method=data.low_res_method,
         image_key=data.image_key,
@@ -165,7 +168,7 @@ def text_mode(data: ml_collections.ConfigDict, text_embeddings: Any, tokenize: A
 
 
 def dataset_from_config(
-    data: ml_collections.ConfigDict,
+    config: ml_collections.ConfigDict,
     *,
     batch_size: int | None = None,
     text_embeddings: RandomAccessSource | None = None,
@@ -174,12 +177,22 @@ def dataset_from_config(
     process_count: int | None = None,
     records: RandomAccessSource | None = None,
 ) -> grain.IterDataset:
-    """`make_dataset` for a `config.data` section (fields: configs/data_shapes.py).
+    """`make_dataset` for a stage config: its `data` section (fields: configs/data_shapes.py)
+    and the sizes the stage implies (prepare_from_config).
 
-    batch_size overrides data.batch_size_per_host (e.g. global batch // process_count);
+    batch_size: examples per batch on this host; default train.batch_size / process count.
     text_embeddings defaults to the cache in data.text_embedding_dir; records defaults to
     the TFDS split data.name / data.split under data.data_dir.
     """
+    data = config.data
+    if batch_size is None:
+        count = jax.process_count() if process_count is None else process_count
+        batch_size, rest = divmod(config.train.batch_size, count)
+        if rest or not batch_size:
+            raise ValueError(
+                f"train.batch_size={config.train.batch_size} does not split evenly over {count} processes; "
+                "pass a multiple of the process count as --config.train.batch_size."
+            )
     if records is None:
         records = open_source(
             data.name,
@@ -194,8 +207,8 @@ def dataset_from_config(
         text_embeddings = EmbeddingCacheSource(data.text_embedding_dir)
     return make_dataset(
         records,
-        prepare_from_config(data, text_mode(data, text_embeddings, tokenize)),
-        batch_size=batch_size or data.batch_size_per_host,
+        prepare_from_config(config, text_mode(data, text_embeddings, tokenize)),
+        batch_size=batch_size,
         seed=data.seed,
         shuffle=data.shuffle,
         num_epochs=data.num_epochs,

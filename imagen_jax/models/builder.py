@@ -24,10 +24,19 @@ def _model_fields(cls) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.name not in _NOT_FIELDS]
 
 
-def build_model(model_config: ml_collections.ConfigDict | dict) -> nn.Module:
-    """config.model -> UNet | EfficientUNet. `family` picks the class; every other key is a
-    field of it (lists become tuples; dtype / param_dtype are names such as "bfloat16")."""
+def build_model(config: ml_collections.ConfigDict | dict) -> nn.Module:
+    """A stage config (its `model` section and `low_res_resolution`) -> UNet | EfficientUNet.
+    model.family picks the class; every other key of `model` is a field of it (lists become
+    tuples; dtype / param_dtype are names such as "bfloat16"). The low-res conditioning is
+    the stage's: on exactly when it is an SR stage (config.is_super_resolution)."""
+    model_config = config["model"]
     fields = dict(model_config.to_dict() if isinstance(model_config, ml_collections.ConfigDict) else model_config)
+    if "low_res_conditioning" in fields:
+        raise ValueError(
+            "model.low_res_conditioning is not a config field: an SR stage is one with "
+            "low_res_resolution > 0 (0: a base stage); remove it from the model section."
+        )
+    fields["low_res_conditioning"] = is_super_resolution(config)
     family = fields.pop("family", None)
     if family not in FAMILIES:
         raise ValueError(f"model.family must be one of {sorted(FAMILIES)}, got {family!r}")
@@ -79,5 +88,5 @@ def abstract_params(model: nn.Module, config: ml_collections.ConfigDict) -> Any:
 
 def count_params(config: ml_collections.ConfigDict) -> int:
     """Number of parameters of config.model at config.resolution, by jax.eval_shape."""
-    params = nn.meta.unbox(abstract_params(build_model(config.model), config))
+    params = nn.meta.unbox(abstract_params(build_model(config), config))
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(params))

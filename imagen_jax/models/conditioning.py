@@ -86,7 +86,7 @@ class UNetCommon(nn.Module):
         elif low_res is not None or aug_logsnr is not None:
             raise ValueError(
                 "this is a base (text -> image) model: low_res/aug_logsnr are for SR models "
-                "(set model.low_res_conditioning=True)"
+                "(an SR stage config sets low_res_resolution > 0)"
             )
 
     def _conditioned_inputs(self, z, logsnr, text_embedding, text_mask, low_res, aug_logsnr):

@@ -61,7 +61,7 @@ class EfficientUNet(UNetCommon):
         if self.low_res_skip and not self.low_res_conditioning:
             raise ValueError(
                 "model.low_res_skip adds the upsampled low-res image to the output: it needs "
-                "model.low_res_conditioning=True (an SR stage)"
+                "low_res_conditioning=True (an SR stage: low_res_resolution > 0 in its config)"
             )
         factor = math.prod(self.strides)
         if z.shape[1] % factor or z.shape[2] % factor:

@@ -64,7 +64,7 @@ def load_ema_params(workdir: str, config: dict, step: int | None = None, shardin
         step = max(steps)
     elif step not in steps:
         raise WorkdirError(f"{workdir!r} has no checkpoint at step {step}; it has {sorted(steps)}.")
-    shapes = nn.meta.unbox(abstract_params(build_model(config["model"]), ml_collections.ConfigDict(config)))
+    shapes = nn.meta.unbox(abstract_params(build_model(config), ml_collections.ConfigDict(config)))
     sharding = sharding or replicated(local_mesh())
     target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
     with ocp.PyTreeCheckpointer() as checkpointer:

@@ -92,7 +92,7 @@ class StageConfig:
         config = upgrade_saved_config(config)
         sampling = config["sampling"]
         fields = dict(
-            model=build_model(config["model"]),
+            model=build_model(config),
             image_size=int(sampling["image_size"] or config["resolution"]),
             low_res_size=int(config["low_res_resolution"]) if is_super_resolution(config) else 0,
             sampler=_sampler(config),

@@ -52,10 +52,4 @@ def train_iterator(config, cache_dir: str):
     from imagen_jax.data.pipeline import dataset_from_config
     from imagen_jax.text.embedding_cache import EmbeddingCacheSource
 
-    return iter(
-        dataset_from_config(
-            config.data,
-            batch_size=config.train.batch_size // jax.process_count(),
-            text_embeddings=EmbeddingCacheSource(cache_dir),
-        )
-    )
+    return iter(dataset_from_config(config, text_embeddings=EmbeddingCacheSource(cache_dir)))

@@ -26,11 +26,11 @@ def preview_inputs(config, encoder, cache_dir: str) -> dict:
     embedding, mask = encoder.encode(prompts)
     inputs = {"prompts": prompts, "text_embedding": np.asarray(embedding), "text_mask": np.asarray(mask)}
     if is_super_resolution(config):
-        data = config.data.copy_and_resolve_references()
-        data.shuffle, data.num_workers, data.random_crop = False, 0, False
+        config = config.copy_and_resolve_references()
+        config.data.shuffle, config.data.num_workers, config.data.random_crop = False, 0, False
         it = iter(
             dataset_from_config(
-                data,
+                config,
                 batch_size=len(prompts),
                 process_index=0,
                 process_count=1,

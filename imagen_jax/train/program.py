@@ -67,7 +67,7 @@ def lower_training(config, mesh, rules, global_batch: int) -> LoweredTraining:
             "so that every micro-batch spreads evenly over the shards; change --config.train.batch_size, "
             "--config.train.grad_accum_steps or --config.mesh.data / --config.mesh.fsdp"
         )
-    model = build_model(config.model)
+    model = build_model(config)
     optimizer, lr_schedule = make_optimizer(config.optimizer, config.train.steps)
     init_inputs = dummy_inputs(config, batch=1, text_length=config.data.max_text_length)
 
