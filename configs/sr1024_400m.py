@@ -3,11 +3,12 @@ without self-attention, with text cross-attention at the lowest level (design.md
 
 It trains on 64 -> 256 crops (design.md §1), so this training config's resolution is 256 with 64px
 low-res inputs: random 256px crops of 1024px images, each crop downsampled to 64px. Being
-fully convolutional, the trained model samples at 1024 from 256px inputs (sample_stage with
-image_size=1024 and a 256px low_res). Noise schedule: linear (design.md §1). Training otherwise as
-sr256: Adam, batch 2048, peak lr 1e-4, 10k warmup, cosine decay over 2.5M steps, and the same
-settings for 64 TPU v4 chips (v4-128): full FSDP, remat, 2 accumulated micro-batches of 16 per
-chip. compile-check refuses 32 per chip (35.3 GiB of temporaries; README,
+fully convolutional, the trained model samples at 1024 from 256px inputs (sampling.image_size
+= 1024; the input size keeps the 4x factor), so it follows sr256 in a cascade. Noise schedule:
+linear (design.md §1). Training otherwise as sr256: Adam, batch 2048, peak lr 1e-4, 10k
+warmup, cosine decay over 2.5M steps, and the same settings for 64 TPU v4 chips (v4-128):
+full FSDP, remat, 2 accumulated micro-batches of 16 per chip. compile-check refuses 32 per
+chip (35.3 GiB of temporaries; README,
 benchmarks/results/compile_check_sr1024_400m_v4-128_accum1.json); at 2 x 16 it fits:
 19.4 of 32 GiB per chip (temporaries 18.4 GiB; compile_check_sr1024_400m_v4-128.json).
 """
@@ -28,4 +29,5 @@ def get_config() -> ml_collections.ConfigDict:
     data = config.data
     data.name = "imagen_shapes/1024px"
     data.resize_to, data.random_crop = 1024, True  # random 256 px crops of the 1024 px images
+    config.sampling.image_size = 1024  # from 256 px inputs
     return config

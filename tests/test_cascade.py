@@ -14,6 +14,7 @@ from imagen_jax.cli import main
 from imagen_jax.config import to_dict
 from imagen_jax.images import to_uint8
 from imagen_jax.models import abstract_params, build_model
+from imagen_jax.parallel import make_mesh
 from imagen_jax.pipeline import Cascade, StageConfig, WorkdirError, sample_stage
 from imagen_jax.pipeline.outputs import image_file_names, prompt_slug
 from imagen_jax.train import make_optimizer
@@ -73,11 +74,11 @@ def tiny_stage_config(stage: str) -> ml_collections.ConfigDict:
     return config
 
 
-def make_workdir(root, stage: str, step: int = 7):
+def make_workdir(root, stage: str, step: int = 7, name: str = "", config=None):
     """A workdir as `imagen-jax train` leaves it: config.json and one checkpoint whose EMA
     params differ from its params (so loading the wrong subtree is caught)."""
-    config = tiny_stage_config(stage)
-    workdir = os.path.join(root, stage)
+    config = config or tiny_stage_config(stage)
+    workdir = os.path.join(root, name or stage)
     check_workdir_config(config, workdir, override=False)
     # Random params of the model's exact tree (no init compile: this is a format test).
     shapes = nn.meta.unbox(abstract_params(build_model(config), config))
@@ -102,7 +103,7 @@ def stages(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cascade(stages):
     # One device: the 8 fake CPU devices of the suite would each run a replicated copy.
-    return Cascade.from_workdirs([stages["base"], stages["sr"]], devices=jax.devices()[:1])
+    return Cascade.from_workdirs([stages["base"], stages["sr"]], mesh=make_mesh(1, 1, jax.devices()[:1]))
 
 
 def test_loads_the_ema_params_and_the_sampling_section(cascade, stages):
@@ -240,8 +241,9 @@ def test_sample_cli_writes_pngs_grid_and_manifest(stages, tmp_path, capsys):
         ]
     )
     assert code == 0
-    manifest = json.loads((out / "manifest.json").read_text())
+    manifest = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
     assert [e["prompt"] for e in manifest] == ["a red circle", "a green triangle", "../../escape attempt"]
+    assert [(e["index"], e["seed"]) for e in manifest] == [(0, 0), (1, 0), (2, 0)]
     for entry in manifest:
         path = out / entry["image"]
         assert path.parent == out and path.exists()

@@ -3,6 +3,7 @@ TPU topology on this CPU machine (needs libtpu; skipped with the reason where it
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -10,6 +11,7 @@ from imagen_jax.aot.compile_check import parse_hbm_oom
 from imagen_jax.aot.tpu_slices import GIB, parse_slice
 from imagen_jax.cli import main
 
+REPO = Path(__file__).resolve().parents[1]
 HAS_LIBTPU = importlib.util.find_spec("libtpu") is not None
 needs_libtpu = pytest.mark.skipif(not HAS_LIBTPU, reason="libtpu is not installed (pip install 'imagen-jax[tpu-aot]')")
 
@@ -178,3 +180,44 @@ def test_accumulated_step_counts_every_micro_batch(tmp_path):
     assert reports[2]["flops_per_chip"] == pytest.approx(reports[1]["flops_per_chip"], rel=0.15)
     assert reports[2]["bytes_accessed_per_chip"] > 0.7 * reports[1]["bytes_accessed_per_chip"]
     assert 0 < reports[2]["mfu"] < 1
+
+
+@needs_libtpu
+def test_cascade_sampling_compiles_for_v4_8(tmp_path, capsys):
+    """--sample: the T5 encoder and two stages' whole samplers compiled for v4-8, params
+    sharded over its 4 chips; the cascade needs every program's params plus the largest
+    working set, and its rate combines the programs'."""
+    tiny = tmp_path / "tiny_base.py"
+    tiny.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(REPO / 'configs')!r})\n"
+        "import shapes_base32\n\n"
+        "def get_config():\n"
+        "    config = shapes_base32.get_config()\n"
+        "    config.model.update(channels=8, channel_mult=(1, 2), attention_resolutions=(16,), head_dim=8,\n"
+        "                        embed_dim=32, noise_sinusoid_dim=16, norm_groups=4)\n"
+        "    config.data.max_text_length = 8\n"
+        "    return config\n"
+    )
+    out = tmp_path / "sampling.json"
+    args = ["compile-check", "--sample", "--topology", "v4-8", "--batch-size", "8", "--output", str(out)]
+    rc = main(args + ["--config", str(tiny), "--config", str(tiny), "--config.1.sampling.num_steps=4"])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "FITS" in printed and "tiny-random-byt5" in printed
+    report = json.loads(out.read_text())
+    t5, base, again = report["programs"]
+    assert [p["steps"] for p in report["programs"]] == [1, 32, 4]
+    assert base["what"] == "sampler: 32 px, dpm_solver_pp_2m 32 steps, guided"
+    for p in report["programs"]:
+        assert p["error"] is None and p["batch"] == 8 and p["images_per_sec"] > 0
+        assert 0 < p["param_bytes_per_chip"] < p["total_bytes"] <= 32 * GIB
+    # bf16 params sharded by fsdp over 4 chips: at most half a float32 copy per chip, at least a quarter
+    assert base["params"] / 2 <= base["param_bytes_per_chip"] <= base["params"] * 2
+    # one loop body counted per program: the 4-step sampler costs a step like the 32-step one
+    assert again["flops_per_step_per_chip"] == pytest.approx(base["flops_per_step_per_chip"], rel=0.05)
+    assert again["images_per_sec"] == pytest.approx(8 * base["images_per_sec"], rel=0.1)
+    resident = sum(p["param_bytes_per_chip"] for p in report["programs"])
+    working = max(p["total_bytes"] - p["param_bytes_per_chip"] for p in report["programs"])
+    assert report["resident_param_bytes"] == resident and report["total_bytes"] == resident + working
+    assert report["images_per_sec"] == pytest.approx(1 / sum(1 / p["images_per_sec"] for p in report["programs"]))

@@ -253,7 +253,7 @@ def test_cascade_from_bucket_workdirs_samples_to_a_bucket_out(gcs, capsys):
         )
         == 0
     )
-    manifest = json.loads(gcs.read("samples/manifest.json"))
+    manifest = [json.loads(line) for line in gcs.read("samples/manifest.jsonl").splitlines()]
     assert [e["prompt"] for e in manifest] == ["a red circle", "a blue square"]
     for entry in manifest:
         assert np.asarray(Image.open(io.BytesIO(gcs.read("samples/" + entry["image"])))).shape == (32, 32, 3)

@@ -95,7 +95,19 @@ def _is_oom(error: Exception) -> bool:
     return "RESOURCE_EXHAUSTED" in text or "Ran out of memory" in text
 
 
-def _shard_bytes(abstract_tree) -> int:
+def try_compile(lowered):
+    """(compiled or None, seconds, XLA's first error line, (required, available) bytes or None):
+    a program that cannot fit in HBM is refused by XLA at compile time; other errors raise."""
+    start = time.perf_counter()
+    try:
+        return lowered.compile(), time.perf_counter() - start, None, None
+    except Exception as error:
+        if not _is_oom(error):
+            raise
+        return None, time.perf_counter() - start, str(error).strip().splitlines()[0], parse_hbm_oom(str(error))
+
+
+def shard_bytes(abstract_tree) -> int:
     """Bytes one device holds of a tree of ShapeDtypeStructs carrying NamedShardings."""
     total = 0
     for leaf in jax.tree_util.tree_leaves(abstract_tree):
@@ -138,21 +150,13 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
         grad_accum_steps=int(config.train.get("grad_accum_steps", 1)),
         hbm_bytes=chip.hbm_bytes,
         fits=False,
-        state_bytes_per_chip=_shard_bytes(program.abstract_state),
+        state_bytes_per_chip=shard_bytes(program.abstract_state),
     )
-    start = time.perf_counter()
-    try:
-        compiled = program.lowered.compile()
-    except Exception as error:  # XLA refuses a program that cannot fit in HBM
-        if not _is_oom(error):
-            raise
-        report.compile_s = time.perf_counter() - start
-        report.error = str(error).strip().splitlines()[0]
-        numbers = parse_hbm_oom(str(error))
+    compiled, report.compile_s, report.error, numbers = try_compile(program.lowered)
+    if compiled is None:
         if numbers:
             report.total_bytes, report.xla_available_bytes = numbers
         return report
-    report.compile_s = time.perf_counter() - start
 
     memory = compiled.memory_analysis()
     report.argument_bytes = int(memory.argument_size_in_bytes)

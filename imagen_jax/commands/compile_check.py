@@ -1,9 +1,14 @@
 """`imagen-jax compile-check --config configs/X.py --topology v4-256 [--config.key=value ...]`
+`imagen-jax compile-check --sample --config BASE.py --config SR.py ... --topology v4-8`
 
 Compiles the config's real train step for a TPU slice on this machine (CPU is enough;
 needs libtpu: pip install 'imagen-jax[tpu-aot]') and prints per-chip memory against the
 chip's HBM, FLOPs per step, the estimated step time, images/s and MFU. Exit status 0 when
 it fits, 1 when it does not (the output says by how much), 2 for a usage error.
+With --sample: the stage configs (base first) form a cascade; compiles what `imagen-jax
+sample` runs (the T5 encoder and each stage's whole sampler, params FSDP-sharded, the batch
+split over the chips) and prints each program's per-chip memory and estimated images/s, and
+the cascade's (all params resident). Overrides: --config.STAGE.sampling.FIELD=VALUE.
 Topologies: v4-N and v5p-N (N TensorCores, N/2 chips), v5e-N / v5litepod-N and v6e-N
 (N chips), or an explicit physical topology such as v4:4x4x8.
 """
@@ -27,9 +32,21 @@ def add_parser(subparsers) -> None:
         description=__doc__ + "\nAny --config.a.b=VALUE overrides that config field (typed like the field).",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--config", required=True, help="config file, optionally path.py:ARG")
+    parser.add_argument(
+        "--config", action="append", required=True, help="config file, optionally path.py:ARG (--sample: one per stage)"
+    )
+    parser.add_argument("--sample", action="store_true", help="compile the cascade's sampling instead of training")
+    parser.add_argument(
+        "--param-dtype", choices=("bfloat16", "float32"), default="bfloat16", help="--sample: params' dtype"
+    )
+    parser.add_argument("--no-text-encoder", action="store_true", help="--sample: leave the T5 encoder out")
     parser.add_argument("--topology", required=True, help="TPU slice: v4-256, v5p-128, v5e-256, v6e-256, v4:4x4x8, ...")
-    parser.add_argument("--batch-size", type=int, default=None, help="global batch (default: train.batch_size)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="global batch (default: train.batch_size; --sample: 4 images per chip)",
+    )
     parser.add_argument("--output", default=None, help="also write the report as JSON to this file")
     parser.set_defaults(run=run, accepts_config_overrides=True)
 
@@ -108,6 +125,11 @@ def run(args) -> int:
 
     log_to_stderr(logging.WARNING)
     tpu_slice = parse_slice(args.topology)
+    if args.sample:
+        return run_sampling(args, tpu_slice)
+    if len(args.config) != 1:
+        raise ValueError("compile-check takes one --config (several only with --sample: a cascade's stages)")
+    args.config = args.config[0]
     config = apply_overrides(load_config(args.config), args.config_overrides)
     report = compile_check(config, tpu_slice, global_batch=args.batch_size)
     print(format_report(report, args.config))
@@ -118,6 +140,63 @@ def run(args) -> int:
             **report.to_dict(),
             "jax_version": jax.__version__,
             "config_values": to_dict(config),
+        }
+        storage.write_text(args.output, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return 0 if report.fits else 1
+
+
+def format_sampling_report(report, configs: list[str]) -> str:
+    """One row per program and the cascade's line."""
+    head = (
+        f"cascade sampling on {report.topology} ({report.physical_topology}, {report.chips} {report.chip} chips), "
+        f"params {report.param_dtype}, FSDP over all chips"
+    )
+    header = f"{'program':<14} {'what':<48} {'batch':>5} {'params/chip':>11} {'working':>10} {'images/s':>9}"
+    lines = [head, header]
+    for p in report.programs:
+        rate = f"{p.images_per_sec:,.1f}" if p.images_per_sec else "-"
+        working = _gib(p.working_bytes) if p.error is None else "OOM"
+        lines.append(
+            f"{p.name:<14} {p.what:<48} {p.batch:>5} {_gib(p.param_bytes_per_chip):>11} {working:>10} {rate:>9}"
+        )
+        if p.error:
+            lines.append(f"{'':<14} XLA: {p.error}")
+    rate = f"{report.images_per_sec:,.2f} images/s" if report.images_per_sec else "-"
+    lines.append(
+        f"cascade: {_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} per chip "
+        f"(params of every program {_gib(report.resident_param_bytes)} + the largest working set); {rate}"
+    )
+    lines.append("verdict: " + ("FITS" if report.fits else "DOES NOT FIT"))
+    lines.append("stages: " + ", ".join(configs))
+    return "\n".join(lines)
+
+
+def run_sampling(args, tpu_slice) -> int:
+    import jax
+
+    from imagen_jax.aot.sampling_check import sampling_check
+    from imagen_jax.commands.sample import stage_overrides
+    from imagen_jax.config import apply_overrides, load_config, to_dict
+
+    per_stage = stage_overrides(args.config_overrides, len(args.config))
+    configs = [apply_overrides(load_config(c), o) for c, o in zip(args.config, per_stage)]
+    names = [os.path.splitext(os.path.basename(c.partition(":")[0]))[0] for c in args.config]
+    report = sampling_check(
+        configs,
+        tpu_slice,
+        batch=args.batch_size,
+        param_dtype=args.param_dtype,
+        names=names,
+        text_encoder=not args.no_text_encoder,
+    )
+    print(format_sampling_report(report, args.config))
+    if args.output:
+        record = {
+            "configs": args.config,
+            "overrides": list(args.config_overrides),
+            **report.to_dict(),
+            "jax_version": jax.__version__,
+            "config_values": [to_dict(c) for c in configs],
         }
         storage.write_text(args.output, json.dumps(record, indent=2, sort_keys=False) + "\n")
     return 0 if report.fits else 1

@@ -2,6 +2,7 @@
 
   imagen-jax eval --images DIR --prompts prompts.txt    image i (natural file order) <-> line i
   imagen-jax eval --manifest manifest.json              [{"image": path, "prompt": text}, ...]
+                                                        (or manifest.jsonl: one object per line)
   imagen-jax eval --dataset-check N [--resolution 32]   self-test on N true dataset images
   imagen-jax eval --sr-images DIR --high-res DIR --low-res DIR   SR vs bicubic (same file names)
 Prints a table; --output writes the JSON (default eval.json). Manifest paths are
@@ -47,7 +48,11 @@ def _read_prompts(path: str) -> list[str]:
 
 
 def _read_manifest(path: str) -> tuple[list[str], list[str]]:
-    manifest = json.loads(storage.read_text(path))
+    text = storage.read_text(path)
+    if str(path).endswith(".jsonl"):  # imagen-jax sample's: one {"image", "prompt", ...} per line
+        manifest = [json.loads(line) for line in text.splitlines() if line.strip()]
+    else:
+        manifest = json.loads(text)
     if isinstance(manifest, dict) and {"images", "prompts"} <= manifest.keys():
         paths, prompts = list(manifest["images"]), list(manifest["prompts"])
     elif isinstance(manifest, list) and all(isinstance(e, dict) and {"image", "prompt"} <= e.keys() for e in manifest):

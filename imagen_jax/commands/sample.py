@@ -1,12 +1,16 @@
-"""`imagen-jax sample`: prompts -> images through trained stages.
+"""`imagen-jax sample`: prompts -> images through trained stages, streamed to disk.
 
   imagen-jax sample --workdir runs/base --workdir runs/sr --prompt "a red circle" --out samples/
-  imagen-jax sample --workdir runs/base --prompts-file prompts.txt --out samples/ \
-      --config.0.sampling.guidance_weight=5 --config.0.sampling.num_steps=64
+  imagen-jax sample --workdir base64 --workdir sr256 --workdir sr1024 --prompts-file coco.txt \
+      --out gs://bucket/samples --batch-size 64 --param-dtype bfloat16
 
---workdir once per stage, base first. Writes <out>/<index>_<prompt>.png (final stage),
-<out>/grid.png, <out>/manifest.json (for `imagen-jax eval --manifest`), and each earlier
-stage's images under <out>/stages/<i>_<workdir name>/.
+--workdir once per stage, base first. Each finished batch is written at once:
+<out>/<index>_<prompt>.png (final stage), each earlier stage's images under
+<out>/stages/<i>_<workdir name>/, <out>/manifest.jsonl (for `imagen-jax eval --manifest`) and
+<out>/settings.json. Rerun the same command after an interruption: finished batches are
+skipped. On several hosts (a TPU pod: run it on every worker) the prompts are split across
+hosts and each batch over all devices; the params are FSDP-sharded over the mesh by the
+training's rules.
 Each stage samples with the `sampling` section of its training config;
 --config.STAGE.sampling.FIELD=VALUE changes it for stage STAGE (0 = the first --workdir),
 with the same names and syntax as `--config.sampling.FIELD=VALUE` in training: sampler,
@@ -39,7 +43,23 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--prompts-file", help="text file, one prompt per line")
     parser.add_argument("--out", required=True, help="output folder (local or gs://)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=16, help="prompts per sampler call (default 16)")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        default=16,
+        help="prompts per global batch, split over all devices (default 16; with several hosts, a multiple of "
+        "the device count). The images depend on it: a rerun must use the same",
+    )
+    parser.add_argument(
+        "--mesh-fsdp",
+        type=int,
+        default=-1,
+        help="devices each stage's params are sharded over (default -1: all; 1: replicated, as fits)",
+    )
+    parser.add_argument(
+        "--param-dtype", choices=("float32", "bfloat16"), default="float32", help="params' dtype for sampling"
+    )
+    parser.add_argument("--no-stages", action="store_true", help="write the final stage's images only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(run=run, accepts_config_overrides=True)
 
@@ -76,25 +96,68 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
 
 
 def run(args) -> int:
-    from imagen_jax.pipeline.cascade import Cascade
-    from imagen_jax.pipeline.outputs import write_images
+    import hashlib
 
+    import jax
+    import jax.numpy as jnp
+
+    from imagen_jax.parallel import initialize, make_mesh
+    from imagen_jax.pipeline.cascade import Cascade
+    from imagen_jax.pipeline.outputs import SampleWriter
+
+    initialize()
     prompts = read_prompts(args.prompt, args.prompts_file)
     for workdir in args.workdir:
         storage.check_access(workdir, write=False)
     storage.check_access(args.out, write=True)
     overrides = stage_overrides(args.config_overrides, len(args.workdir))
-    cascade = Cascade.from_workdirs(args.workdir, config_overrides=overrides)
+    mesh = make_mesh(data=1 if args.mesh_fsdp == -1 else -1, fsdp=args.mesh_fsdp)
+    cascade = Cascade.from_workdirs(
+        args.workdir,
+        config_overrides=overrides,
+        mesh=mesh,
+        param_dtype=jnp.bfloat16 if args.param_dtype == "bfloat16" else None,
+    )
+    stages = []
     for i, stage in enumerate(cascade.stages):
-        print(
-            f"stage {i} {cascade.names[i]}: {stage.image_size} px, {stage.sampler.kind} "
-            f"{stage.sampler.num_steps} steps, w={stage.guidance_weight:g}, threshold={stage.sampler.threshold}"
-            + (f", aug_level={stage.aug_level:g}" if stage.is_super_resolution else ""),
-            file=sys.stderr,
-        )
-    output = cascade.sample(prompts, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress)
-    for i, images in enumerate(output.images[:-1]):
-        write_images(storage.join(args.out, "stages", f"{i}_{cascade.names[i]}"), prompts, images, upscale_to=64)
-    write_images(args.out, prompts, output.final, upscale_to=64)
-    print(f"wrote {len(prompts)} images of {output.final.shape[1]} px to {args.out} (grid.png, manifest.json)")
+        settings = {
+            "workdir": args.workdir[i],
+            "image_size": stage.image_size,
+            "low_res_size": stage.low_res_size,
+            "sampler": stage.sampler.kind,
+            "num_steps": stage.sampler.num_steps,
+            "threshold": stage.sampler.threshold,
+            "guidance_weight": stage.guidance_weight,
+            "aug_level": stage.aug_level,
+            "overrides": overrides[i],
+        }
+        stages.append(settings)
+        if jax.process_index() == 0:
+            print(
+                f"stage {i} {cascade.names[i]}: {stage.image_size} px, {stage.sampler.kind} "
+                f"{stage.sampler.num_steps} steps, w={stage.guidance_weight:g}, threshold={stage.sampler.threshold}"
+                + (f", aug_level={stage.aug_level:g}" if stage.is_super_resolution else ""),
+                file=sys.stderr,
+            )
+    settings = {
+        "prompts": len(prompts),
+        "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        "seed": args.seed,
+        "batch_size": min(args.batch_size, len(prompts)),
+        "param_dtype": args.param_dtype,
+        "stages": stages,
+    }
+    last = len(cascade.stages) - 1
+    kept = ([] if args.no_stages else list(range(last))) + [last]  # stages whose images are written
+    dirs = [f"stages/{i}_{cascade.names[i]}" for i in kept[:-1]] + [""]
+    writer = SampleWriter(args.out, prompts, settings=settings, stage_dirs=dirs)
+    batches = cascade.sample_batches(
+        prompts, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress, skip=writer.done
+    )
+    for batch in batches:
+        batch.images = [batch.images[i] for i in kept]
+        writer.write(batch)
+    count = writer.finish()
+    if jax.process_index() == 0:
+        print(f"wrote {count} images of {cascade.stages[-1].image_size} px to {args.out} (manifest.jsonl, grid.png)")
     return 0

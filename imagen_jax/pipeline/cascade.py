@@ -2,90 +2,37 @@
 
     cascade = Cascade.from_workdirs(["runs/base", "runs/sr"])
     out = cascade.sample(["a red circle"], seed=0)      # out.images[-1]: uint8 [1, 64, 64, 3]
+    for batch in cascade.sample_batches(prompts, seed=0, batch_size=64): ...   # streaming
 
 A stage workdir is what `imagen-jax train` writes: config.json and checkpoints/<step>/, local
-or gs://.
-Only the EMA params of the checkpoint are read (design.md §3: samples use the EMA). Every stage
-samples with its `sampling` section (sampler, steps, threshold, guidance weight, SR aug
-level); `stage_settings` change them per stage.
+or gs://. Only the EMA params of the checkpoint are read (design.md §3: samples use the EMA),
+placed on a (data, fsdp) mesh over every device of every process by the training's logical
+rules (FSDP-sharded params: the paper cascade does not fit replicated on a chip). Each
+global batch is split over the devices; each process encodes and receives only the rows its
+devices hold (batch_rows.py), so hosts share the prompt list. Every stage samples with its
+`sampling` section (sampler, steps, threshold, guidance weight, SR aug level, and its output
+size: an SR stage may sample larger than its training crop); `stage_settings` change them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import json
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import ml_collections
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imagen_jax import storage
-from imagen_jax.config import apply_overrides, to_dict, upgrade_saved_config
+from imagen_jax.config import apply_overrides, to_dict
 from imagen_jax.images import to_uint8
+from imagen_jax.parallel import DEFAULT_RULES, activation_sharding, make_mesh
+from imagen_jax.pipeline.batch_rows import host_rows, local_rows, rows_sharding, to_global
+from imagen_jax.pipeline.stage_params import WorkdirError, load_ema_params, read_stage_config
 from imagen_jax.pipeline.stage_sampler import StageConfig, sample_stage
-
-
-class WorkdirError(ValueError):
-    """A stage workdir that is missing, incomplete or does not fit the cascade."""
-
-
-def read_stage_config(workdir: str) -> dict:
-    """The config.json a training run wrote in `workdir` (local or gs://)."""
-    path = storage.path(workdir) / "config.json"
-    if not path.exists():
-        if not path.parent.exists():
-            raise WorkdirError(
-                f"Stage workdir {workdir!r} does not exist; pass the --workdir of an `imagen-jax train` run."
-            )
-        raise WorkdirError(f"{workdir!r} has no config.json: it is not an `imagen-jax train` workdir.")
-    return upgrade_saved_config(json.loads(path.read_text()))
-
-
-def load_ema_params(workdir: str, config: dict, step: int | None = None, sharding=None):
-    """(EMA params, step) from the latest (or the given) checkpoint of `workdir`. Only the
-    EMA subtree is read from disk; it is placed with `sharding` (default: replicated on
-    all local devices)."""
-    import orbax.checkpoint as ocp
-
-    from imagen_jax.models import abstract_params, build_model
-
-    directory = storage.path(workdir) / "checkpoints"
-    steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
-    if not steps:
-        raise WorkdirError(
-            f"{workdir!r} has no checkpoint yet; train the stage first (imagen-jax train --workdir {workdir})."
-        )
-    if step is None:
-        step = max(steps)
-    elif step not in steps:
-        raise WorkdirError(f"{workdir!r} has no checkpoint at step {step}; it has {sorted(steps)}.")
-    shapes = nn.meta.unbox(abstract_params(build_model(config), ml_collections.ConfigDict(config)))
-    sharding = sharding or replicated(local_mesh())
-    target = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), shapes)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        restored = checkpointer.restore(
-            directory / str(step) / "state",
-            args=ocp.args.PyTreeRestore(
-                {"ema_params": target},
-                restore_args={"ema_params": ocp.checkpoint_utils.construct_restore_args(target)},
-                partial_restore=True,
-            ),
-        )
-    return restored["ema_params"], step
-
-
-def local_mesh(devices=None) -> Mesh:
-    """A 1-D mesh ("batch",) over `devices` (default: this process's devices)."""
-    return Mesh(np.asarray(devices if devices is not None else jax.local_devices()), ("batch",))
-
-
-def replicated(mesh: Mesh) -> NamedSharding:
-    return NamedSharding(mesh, PartitionSpec())
 
 
 @dataclasses.dataclass
@@ -100,11 +47,38 @@ class CascadeOutput:
         return self.images[-1]
 
 
+@dataclasses.dataclass
+class SampledBatch:
+    """One global batch, this process's part: `indices` [r] into the prompt list (padding
+    rows left out), images[i]: stage i's uint8 [r, S_i, S_i, 3] for them."""
+
+    number: int
+    indices: np.ndarray
+    images: list[np.ndarray]
+
+
+def _check_order(stages: Sequence[StageConfig]) -> None:
+    if not stages:
+        raise ValueError("A cascade needs at least one stage (a base stage).")
+    if stages[0].is_super_resolution:
+        raise ValueError("The first stage of a cascade must be a base (text -> image) stage, not an SR stage.")
+    for i, (prev, stage) in enumerate(zip(stages, stages[1:]), start=1):
+        if not stage.is_super_resolution:
+            raise ValueError(f"Stage {i} is a base stage; every stage after the first must be super-resolution.")
+        if prev.image_size != stage.low_res_size:
+            raise ValueError(
+                f"Stage {i} samples from {stage.low_res_size} px inputs but stage {i - 1} makes "
+                f"{prev.image_size} px images; order the workdirs by resolution, or set the SR stage's "
+                "output size with --config.STAGE.sampling.image_size (its input size follows from it)."
+            )
+
+
 class Cascade:
     """A text encoder and a base stage followed by any number of SR stages.
 
-    stages[i]: StageConfig; params[i]: its (EMA) params. `sample` runs text -> stage 0 ->
-    stage 1 -> ... on batches of prompts; each stage is one compiled sampler program.
+    stages[i]: StageConfig; params[i]: its (EMA) params (arrays placed on `mesh` are kept as
+    they are; others are replicated on it). Each stage is one compiled sampler program.
+    mesh: a parallel.make_mesh mesh (default: every device of every process, fsdp).
     """
 
     def __init__(
@@ -113,26 +87,23 @@ class Cascade:
         stages: Sequence[StageConfig],
         params: Sequence[Any],
         names: Sequence[str] = (),
-        devices: Sequence[Any] | None = None,
+        mesh: Mesh | None = None,
+        rules=DEFAULT_RULES,
     ):
-        if not stages:
-            raise ValueError("A cascade needs at least one stage (a base stage).")
+        _check_order(stages)
         if len(stages) != len(params):
             raise ValueError(f"{len(stages)} stages but {len(params)} param trees.")
-        if stages[0].is_super_resolution:
-            raise ValueError("The first stage of a cascade must be a base (text -> image) stage, not an SR stage.")
-        for i, (prev, stage) in enumerate(zip(stages, stages[1:]), start=1):
-            if not stage.is_super_resolution:
-                raise ValueError(f"Stage {i} is a base stage; every stage after the first must be super-resolution.")
-            if prev.image_size != stage.low_res_size:
-                raise ValueError(
-                    f"Stage {i} was trained on {stage.low_res_size} px inputs but stage {i - 1} makes "
-                    f"{prev.image_size} px images; order the workdirs by resolution."
-                )
         self.text_encoder = text_encoder
         self.stages = list(stages)
-        self.mesh = local_mesh(devices)
-        self.params = [jax.device_put(p, replicated(self.mesh)) for p in params]
+        self.mesh = mesh if mesh is not None else make_mesh(data=1, fsdp=-1)
+        self.rules = rules
+        replicated = NamedSharding(self.mesh, PartitionSpec())
+
+        def place(x):
+            on_mesh = isinstance(getattr(x, "sharding", None), NamedSharding) and x.sharding.mesh == self.mesh
+            return x if on_mesh else jax.device_put(x, replicated)
+
+        self.params = [jax.tree.map(place, p) for p in params]
         self.names = list(names) or [f"stage{i}" for i in range(len(stages))]
 
     @classmethod
@@ -144,15 +115,16 @@ class Cascade:
         steps: Sequence[int | None] | None = None,
         stage_settings: Sequence[dict] | None = None,
         config_overrides: Sequence[Sequence[str]] | None = None,
-        devices: Sequence[Any] | None = None,
+        mesh: Mesh | None = None,
+        param_dtype=None,
     ) -> Cascade:
         """Stages from `imagen-jax train` workdirs, base first. The text encoder is the one the
         stages were trained with (config.text.encoder, the same for all), unless given.
         stage_settings[i]: StageConfig field changes for stage i (e.g. {"guidance_weight": 5.0}).
         config_overrides[i]: overrides of stage i's saved config before it is read, as in
         training (e.g. ["sampling.num_steps=64"]; `imagen-jax sample --config.I.sampling...`).
-        devices: where to sample (default: all local devices; a batch that divides their number
-        is split over them, others run replicated)."""
+        mesh: where to sample (default: every device, params FSDP-sharded by the training's
+        rules); param_dtype: cast the params for sampling (e.g. jnp.bfloat16)."""
         from imagen_jax.text.encoder import load_text_encoder
 
         if not workdirs:
@@ -175,11 +147,12 @@ class Cascade:
         steps = list(steps or [None] * len(workdirs))
         if len(stage_settings) != len(workdirs) or len(steps) != len(workdirs):
             raise ValueError(f"Give one stage_settings / steps entry per workdir ({len(workdirs)}).")
-        stages, params, names = [], [], []
-        for workdir, config, changes, step in zip(workdirs, configs, stage_settings, steps):
-            stages.append(StageConfig.from_config(config, **changes))
-            params.append(load_ema_params(workdir, config, step, replicated(local_mesh(devices)))[0])
-            names.append(storage.name(workdir))
+        stages = [StageConfig.from_config(c, **changes) for c, changes in zip(configs, stage_settings)]
+        _check_order(stages)  # before any checkpoint is read
+        mesh = mesh if mesh is not None else make_mesh(data=1, fsdp=-1)
+        params = [
+            load_ema_params(w, c, step, mesh=mesh, dtype=param_dtype)[0] for w, c, step in zip(workdirs, configs, steps)
+        ]
         if text_encoder is None:
             text_encoder = load_text_encoder(encoders.pop(), max_length=max(lengths))
         dims = {c["model"]["text_dim"] for c in configs}
@@ -187,7 +160,7 @@ class Cascade:
             raise WorkdirError(
                 f"The text encoder makes {text_encoder.dim}-wide embeddings; the stages take {sorted(dims)}."
             )
-        return cls(text_encoder, stages, params, names, devices)
+        return cls(text_encoder, stages, params, [storage.name(w) for w in workdirs], mesh)
 
     def sample(
         self,
@@ -198,12 +171,38 @@ class Cascade:
         progress: bool = False,
         stage_settings: Sequence[dict] | None = None,
     ) -> CascadeOutput:
-        """Images for `prompts`, every stage's output kept (CascadeOutput).
+        """Images for `prompts`, every stage's output kept in memory (CascadeOutput; with
+        several processes, this process's rows only). For long prompt lists use
+        `sample_batches` and write each batch as it comes (`imagen-jax sample` does)."""
+        prompts = list(prompts)
+        batches = list(
+            self.sample_batches(
+                prompts, seed=seed, batch_size=batch_size, progress=progress, stage_settings=stage_settings
+            )
+        )
+        indices = np.concatenate([b.indices for b in batches])
+        images = [np.concatenate([b.images[i] for b in batches]) for i in range(len(self.stages))]
+        return CascadeOutput([prompts[i] for i in indices], images)
 
-        Deterministic in (prompts, seed, batch_size): batch b of stage i draws its noise from
-        fold_in(fold_in(key(seed), i), b); the last batch is padded to the batch size, so
-        each stage compiles once. stage_settings[i] changes stage i's StageConfig for
-        this call only (e.g. [{"guidance_weight": 8.0}, {"aug_level": 0.2}]).
+    def sample_batches(
+        self,
+        prompts: Sequence[str],
+        *,
+        seed: int = 0,
+        batch_size: int = 16,
+        progress: bool = False,
+        stage_settings: Sequence[dict] | None = None,
+        skip: Callable[[int, np.ndarray], bool] | None = None,
+    ) -> Iterator[SampledBatch]:
+        """Global batches of `batch_size` prompts through every stage, one at a time: host
+        memory holds one batch. Batch b holds prompts [b B, (b + 1) B) (the last padded by
+        repeating its last prompt, so each stage compiles once) and its stage i draws noise from
+        fold_in(fold_in(key(seed), i), b): the images depend on (prompts, seed, batch_size)
+        and not on the number of devices or processes whenever batch_size is a multiple of
+        the devices (else, on one process, every device samples the whole batch).
+        skip(b, indices): True when this process already has batch b's images (a resumed
+        job); the batch is skipped when every process says so. stage_settings[i] changes stage
+        i's StageConfig for this call (e.g. [{"guidance_weight": 8.0}, {"aug_level": 0.2}]).
         """
         from tqdm.auto import tqdm
 
@@ -212,30 +211,47 @@ class Cascade:
             raise ValueError("Pass a non-empty list of non-empty prompt strings.")
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
-        stages = self.stages
-        if stage_settings is not None:
-            if len(stage_settings) != len(stages):
-                raise ValueError(f"Give one stage_settings dict per stage ({len(stages)}).")
-            stages = [dataclasses.replace(s, **c) for s, c in zip(stages, stage_settings)]
+        stages = self._with_settings(stage_settings)
         batch_size = min(batch_size, len(prompts))
-        embedding, mask = self.encode(prompts)
+        sharding = rows_sharding(self.mesh, batch_size)
+        rows = host_rows(sharding, batch_size)
         root = jax.random.key(seed)
-        outputs, previous = [], None
-        for i, stage in enumerate(stages):
-            desc = f"stage {i + 1}/{len(stages)} {self.names[i]} ({stage.image_size} px)"
-            with tqdm(total=len(prompts), desc=desc, unit="img", disable=not progress) as bar:
-                previous = self.run_stage_batched(
-                    i,
-                    embedding,
-                    mask,
-                    jax.random.fold_in(root, i),
-                    batch_size=batch_size,
-                    low_res=previous,
-                    config=stage,
-                    on_batch=bar.update,
-                )
-            outputs.append(to_uint8(previous))
-        return CascadeOutput(prompts, outputs)
+        num_batches = -(-len(prompts) // batch_size)
+        show = progress and jax.process_index() == 0
+        with tqdm(total=len(prompts), desc="sampling", unit="img", disable=not show) as bar:
+            for b in range(num_batches):
+                start = b * batch_size
+                indices = np.minimum(start + rows, len(prompts) - 1)
+                real = start + rows < len(prompts)
+                if skip is not None and self._all_processes(skip(b, indices[real])):
+                    bar.update(min(batch_size, len(prompts) - start))
+                    continue
+                embedding, mask = self.text_encoder.encode([prompts[i] for i in indices])
+                embedding = to_global(np.asarray(embedding), rows, sharding, batch_size)
+                mask = to_global(np.asarray(mask), rows, sharding, batch_size)
+                images, x = [], None
+                for i, stage in enumerate(stages):
+                    key = jax.random.fold_in(jax.random.fold_in(root, i), b)
+                    with activation_sharding(self.mesh, self.rules):
+                        x = sample_stage(self.params[i], embedding, mask, key, config=stage, low_res=x)
+                    images.append(to_uint8(local_rows(x, rows)[real]))
+                bar.update(min(batch_size, len(prompts) - start))
+                yield SampledBatch(b, indices[real], images)
+
+    def _with_settings(self, stage_settings) -> list[StageConfig]:
+        if stage_settings is None:
+            return self.stages
+        if len(stage_settings) != len(self.stages):
+            raise ValueError(f"Give one stage_settings dict per stage ({len(self.stages)}).")
+        stages = [dataclasses.replace(s, **c) for s, c in zip(self.stages, stage_settings)]
+        _check_order(stages)
+        return stages
+
+    @staticmethod
+    def _all_processes(flag: bool) -> bool:
+        if jax.process_count() == 1:
+            return bool(flag)
+        return bool(np.all(multihost_utils.process_allgather(np.asarray(bool(flag)))))
 
     def encode(self, prompts: Sequence[str], chunk: int = 64) -> tuple[np.ndarray, np.ndarray]:
         """Text embeddings [N, L, D] float32 and mask [N, L] bool for `prompts` (host arrays)."""
@@ -245,18 +261,25 @@ class Cascade:
     def run_stage(
         self, index: int, text_embedding, text_mask, key, *, low_res=None, config: StageConfig | None = None
     ) -> np.ndarray:
-        """Stage `index` on one batch: float32 [B, S, S, 3] in [-1, 1] (host array).
-        `config` replaces the stage's StageConfig (e.g. another guidance weight)."""
-        put = functools.partial(self._put, batch=len(text_embedding))
-        x = sample_stage(
-            self.params[index],
-            put(text_embedding),
-            put(text_mask),
-            key,
-            config=config or self.stages[index],
-            low_res=None if low_res is None else put(low_res),
-        )
-        return np.asarray(x)
+        """Stage `index` on one batch of host arrays (one process): float32 [B, S, S, 3] in
+        [-1, 1]. `config` replaces the stage's StageConfig (e.g. another guidance weight)."""
+        batch = len(text_embedding)
+        sharding = rows_sharding(self.mesh, batch)
+        rows = np.arange(batch)
+
+        def put(a):
+            return to_global(np.asarray(a), rows, sharding, batch)
+
+        with activation_sharding(self.mesh, self.rules):
+            x = sample_stage(
+                self.params[index],
+                put(text_embedding),
+                put(text_mask),
+                key,
+                config=config or self.stages[index],
+                low_res=None if low_res is None else put(low_res),
+            )
+        return local_rows(x, rows)
 
     def run_stage_batched(
         self,
@@ -293,9 +316,3 @@ class Cascade:
             if on_batch is not None:
                 on_batch(real)
         return np.concatenate(outputs)
-
-    def _put(self, array: np.ndarray, batch: int) -> jax.Array:
-        """On the cascade's devices: split over the batch when it divides, else replicated."""
-        shards = self.mesh.devices.size
-        spec = PartitionSpec("batch") if batch % shards == 0 else PartitionSpec()
-        return jax.device_put(array, NamedSharding(self.mesh, spec))

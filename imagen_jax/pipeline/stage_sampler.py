@@ -8,6 +8,7 @@ for import use (design.md §3: guidance, thresholding; SR: noise conditioning au
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import jax
@@ -47,6 +48,26 @@ class ModelFn:
 
     def __call__(self, params, z, logsnr, cond):
         return self.model.apply({"params": params}, z, logsnr, **cond)
+
+
+def sampling_sizes(config: dict) -> tuple[int, int]:
+    """(output side, low-res input side; 0 for a base stage) a stage samples at: its
+    sampling.image_size (0: the training resolution), and for an SR stage the input that
+    keeps the training ratio resolution / low_res_resolution (sr1024: trained 64 -> 256
+    crops, samples 256 -> 1024; design.md §1)."""
+    resolution = int(config["resolution"])
+    image_size = int(config["sampling"]["image_size"] or resolution)
+    if not is_super_resolution(config):
+        return image_size, 0
+    trained_low_res = int(config["low_res_resolution"])
+    low_res, rest = divmod(image_size * trained_low_res, resolution)
+    if rest:
+        step = resolution // math.gcd(resolution, trained_low_res)
+        raise ValueError(
+            f"sampling.image_size={image_size} does not keep the stage's upsampling factor "
+            f"{resolution} / {trained_low_res}; use a multiple of {step}."
+        )
+    return image_size, low_res
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,10 +112,11 @@ class StageConfig:
 
         config = upgrade_saved_config(config)
         sampling = config["sampling"]
+        image_size, low_res_size = sampling_sizes(config)
         fields = dict(
             model=build_model(config),
-            image_size=int(sampling["image_size"] or config["resolution"]),
-            low_res_size=int(config["low_res_resolution"]) if is_super_resolution(config) else 0,
+            image_size=image_size,
+            low_res_size=low_res_size,
             sampler=_sampler(config),
             guidance_weight=float(sampling["guidance_weight"]),
             aug_level=float(sampling["aug_level"]),
