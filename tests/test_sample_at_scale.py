@@ -3,7 +3,7 @@ sr1024), params FSDP-sharded over 8 devices, prompts split over 2 processes, and
 streamed to disk so that a killed job resumes to the same files."""
 
 import json
-import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 from test_cascade import make_workdir, tiny_stage_config
-from test_train_loop import env, free_port
+from test_train_loop import env as train_env
+from test_train_loop import free_port
 
 from imagen_jax.cli import main
 from imagen_jax.parallel import make_mesh
@@ -24,9 +25,23 @@ REPO = Path(__file__).resolve().parents[1]
 PROMPTS = [f"a {c} {s}" for c in ("red", "blue", "green") for s in ("circle", "square", "triangle", "star")]
 
 
+CACHE = {}  # a persistent compilation cache shared by this module's subprocesses
+
+
+def env(devices, **extra):
+    return train_env(
+        devices,
+        JAX_COMPILATION_CACHE_DIR=str(CACHE["dir"]),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+        **extra,
+    )
+
+
 @pytest.fixture(scope="module")
 def three_stages(tmp_path_factory):
     """base 16 px -> sr 16 -> 32 -> sr trained 16 -> 32 on crops, sampling 32 -> 64."""
+    CACHE["dir"] = tmp_path_factory.mktemp("jax_cache")
     root = str(tmp_path_factory.mktemp("three"))
     crops = tiny_stage_config("sr")
     crops.sampling.image_size = 64
@@ -51,25 +66,6 @@ def pngs(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*.png"))}
 
 
-def test_three_stage_cascade_from_the_cli(three_stages, tmp_path):
-    out = tmp_path / "out"
-    assert main(sample_args(three_stages, out, "--prompt", "a red circle", "--prompt", "a blue square")) == 0
-    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
-    assert [(e["index"], e["prompt"]) for e in lines] == [(0, "a red circle"), (1, "a blue square")]
-    from PIL import Image
-
-    sizes = {
-        "": 64,
-        "stages/0_base": 16,
-        "stages/1_sr": 32,
-    }
-    for folder, size in sizes.items():
-        for e in lines:
-            assert Image.open(out / folder / e["image"]).size == (size, size)
-    settings = json.loads((out / "settings.json").read_text())
-    assert [(s["low_res_size"], s["image_size"]) for s in settings["stages"]] == [(0, 16), (16, 32), (32, 64)]
-
-
 def test_a_cascade_out_of_order_names_the_fix(three_stages, tmp_path, capsys):
     base, sr, crops = three_stages
     assert main(sample_args([base, crops], tmp_path / "o", "--prompt", "x")) == 2
@@ -78,10 +74,12 @@ def test_a_cascade_out_of_order_names_the_fix(three_stages, tmp_path, capsys):
 
 
 def test_fsdp_sharded_sampling_on_8_devices_equals_one_device(three_stages):
-    one = Cascade.from_workdirs(three_stages, mesh=make_mesh(1, 1, jax.devices()[:1]))
-    eight = Cascade.from_workdirs(three_stages, mesh=make_mesh(2, 4))
+    one = Cascade.from_workdirs(three_stages[:2], mesh=make_mesh(1, 1, jax.devices()[:1]))
+    eight = Cascade.from_workdirs(three_stages[:2], mesh=make_mesh(2, 4))
     kernel = eight.params[1]["conv_in"]["kernel"]  # sharded over fsdp by the training's rules
     assert kernel.sharding.spec != jax.sharding.PartitionSpec() and len(kernel.addressable_shards) == 8
+    t5 = eight.text_encoder.params["layers_0"]["mlp"]["wo"]["kernel"]  # T5 too, by the same rules
+    assert t5.sharding.spec != jax.sharding.PartitionSpec() and t5.sharding.mesh == eight.mesh
     a = one.sample(PROMPTS[:8], seed=1, batch_size=8)
     b = eight.sample(PROMPTS[:8], seed=1, batch_size=8)
     for x, y in zip(a.images, b.images):
@@ -110,17 +108,30 @@ def finish(proc, timeout=600):
     assert proc.returncode == 0, err[-4000:]
 
 
-def test_killed_job_resumes_and_two_processes_write_the_same_files(three_stages, tmp_path):
-    """One process on 2 devices, uninterrupted, is the reference. (a) The same job killed
-    after its first batch, then rerun, skips what it wrote and ends with the same files.
-    (b) Two processes of one device each (gloo) write the same files."""
-    reference = tmp_path / "reference"
-    finish(start(three_stages, reference))
-    expected = pngs(reference)
-    assert len(expected) == 3 * len(PROMPTS) + 3  # 3 stages' images and grids
-    manifest = (reference / "manifest.jsonl").read_text()
-    assert [json.loads(x)["index"] for x in manifest.splitlines()] == list(range(len(PROMPTS)))
+@pytest.fixture(scope="module")
+def reference(three_stages, tmp_path_factory):
+    """The three-stage job run by one process on 2 devices, uninterrupted: what every other
+    way of running it must write."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    finish(start(three_stages, out))
+    return out
 
+
+def test_three_stage_cascade_from_the_cli(reference):
+    lines = [json.loads(x) for x in (reference / "manifest.jsonl").read_text().splitlines()]
+    assert [(e["index"], e["prompt"], e["seed"]) for e in lines] == [(i, p, 0) for i, p in enumerate(PROMPTS)]
+    from PIL import Image
+
+    for folder, size in {"": 64, "stages/0_base": 16, "stages/1_sr": 32}.items():
+        assert all(Image.open(reference / folder / e["image"]).size == (size, size) for e in lines)
+    assert len(pngs(reference)) == 3 * len(PROMPTS) + 3  # 3 stages' images and grids
+    settings = json.loads((reference / "settings.json").read_text())
+    assert [(s["low_res_size"], s["image_size"]) for s in settings["stages"]] == [(0, 16), (16, 32), (32, 64)]
+
+
+def test_killed_job_resumes_to_the_same_files(three_stages, reference, tmp_path):
+    """The job killed after its first batch, then run again: it skips what it wrote and ends
+    with the reference's files."""
     killed = tmp_path / "killed"
     proc = start(three_stages, killed)
     deadline = time.time() + 300
@@ -131,9 +142,13 @@ def test_killed_job_resumes_and_two_processes_write_the_same_files(three_stages,
     proc.wait(timeout=60)
     assert len(list(killed.glob("*.png"))) < len(PROMPTS)  # it stopped part way
     finish(start(three_stages, killed))
-    assert pngs(killed) == expected
-    assert (killed / "manifest.jsonl").read_text() == manifest
+    assert pngs(killed) == pngs(reference)
+    assert (killed / "manifest.jsonl").read_text() == (reference / "manifest.jsonl").read_text()
 
+
+def test_two_processes_write_the_same_files(three_stages, reference, tmp_path):
+    """Two processes of one device each (gloo): the prompts split across them, each batch
+    over both devices, and the same files as one process."""
     two = tmp_path / "two_processes"
     port = free_port()
     procs = [
@@ -150,14 +165,19 @@ def test_killed_job_resumes_and_two_processes_write_the_same_files(three_stages,
     ]
     for p in procs:
         finish(p)
-    assert pngs(two) == expected
-    assert (two / "manifest.jsonl").read_text() == manifest
+    assert pngs(two) == pngs(reference)
+    assert (two / "manifest.jsonl").read_text() == (reference / "manifest.jsonl").read_text()
 
 
-def test_a_rerun_with_other_settings_is_refused(three_stages, tmp_path, capsys):
+def test_a_rerun_skips_finished_batches_and_refuses_other_settings(three_stages, reference, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(sample_args(three_stages[:1], out, "--prompt", "a red circle")) == 0
-    assert main(sample_args(three_stages[:1], out, "--prompt", "a red circle", "--seed", "3")) == 2
+    shutil.copytree(reference, out)
+    Path(str(out) + ".txt").write_text("\n".join(PROMPTS) + "\n")
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*.png") if p.name != "grid.png"}
+    args = sample_args(three_stages, out, "--prompts-file", str(out) + ".txt")
+    assert main(args) == 0  # every batch skipped: nothing sampled, no image rewritten
+    assert {p: p.stat().st_mtime_ns for p in before} == before
+    assert main(args + ["--seed", "3"]) == 2
     err = capsys.readouterr().err
     assert "holds samples made with other settings (seed differ)" in err and "another --out" in err
-    assert os.listdir(out)  # nothing deleted
+    assert pngs(out) == pngs(reference)  # nothing deleted or changed

@@ -224,3 +224,67 @@ def test_ordered_word_encoder_tells_a_words_role_from_its_neighbours():
     np.testing.assert_array_equal(ordered.tokenize(["a red circle"])[0], plain.tokenize(["a red circle"])[0])
     bias, plain_bias = (e.params["relative_position_bias"]["embedding"] for e in (ordered, plain))
     np.testing.assert_allclose(np.asarray(bias), np.asarray(plain_bias) * 16.0, rtol=1e-6)  # std 1 vs 256^-0.5
+
+
+def test_sharded_loader_places_each_tensor_on_its_shards_and_reads_no_decoder_tensor(tmp_path, params, monkeypatch):
+    """load_text_encoder(mesh=): the params of an encoder-decoder checkpoint, each put on its
+    FSDP shards (8 devices, the UNets' logical rules) as it is read: bit-identical to the plain
+    loader's, and the decoder's bytes never read."""
+    import imagen_jax.text.hf_checkpoint as hf
+    from imagen_jax.parallel import make_mesh
+    from imagen_jax.text.encoder import sharded_placer
+
+    save_hf_checkpoint(str(tmp_path), params, CONFIG)
+    weights = load_file(str(tmp_path / "model.safetensors"))
+    decoder = {f"decoder.block.{i}.layer.0.SelfAttention.q.weight": np.ones((256, 256), np.float32) for i in range(4)}
+    save_file({**weights, **decoder}, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
+    read = []
+    real_path = hf.storage.path
+
+    class CountingFile:
+        def __init__(self, f):
+            self.f = f
+
+        def read(self, n=-1):
+            data = self.f.read(n)
+            read.append(len(data))
+            return data
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    class CountingPath:
+        def __init__(self, p):
+            self.p = real_path(p)
+
+        def open(self, mode="rb"):
+            return CountingFile(self.p.open(mode))
+
+        def __getattr__(self, name):
+            return getattr(self.p, name)
+
+        def __truediv__(self, other):
+            return self.p / other
+
+    monkeypatch.setattr(hf.storage, "path", CountingPath)
+    _, plain = load_hf_checkpoint(str(tmp_path))
+    plain_bytes = sum(read)
+    encoder_bytes = sum(w.nbytes for w in weights.values())
+    header = (tmp_path / "model.safetensors").stat().st_size - encoder_bytes - sum(w.nbytes for w in decoder.values())
+    assert plain_bytes == header + encoder_bytes  # every encoder byte once, no decoder byte
+    mesh = make_mesh(data=2, fsdp=4)
+    read.clear()
+    _, sharded = load_hf_checkpoint(str(tmp_path), np.float32, sharded_placer(mesh))
+    assert sum(read) == plain_bytes
+    leaves = jax.tree_util.tree_leaves_with_path(sharded)
+    for (path, x), y in zip(leaves, jax.tree_util.tree_leaves(plain)):
+        assert isinstance(x, jax.Array) and len(x.addressable_shards) == 8, path
+        np.testing.assert_array_equal(np.asarray(x), y)  # bit-identical
+    assert sharded["layers_0"]["mlp"]["wo"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
+    assert sharded["token_embedding"]["embedding"].sharding.spec != jax.sharding.PartitionSpec()

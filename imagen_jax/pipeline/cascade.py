@@ -124,7 +124,8 @@ class Cascade:
         config_overrides[i]: overrides of stage i's saved config before it is read, as in
         training (e.g. ["sampling.num_steps=64"]; `imagen-jax sample --config.I.sampling...`).
         mesh: where to sample (default: every device, params FSDP-sharded by the training's
-        rules); param_dtype: cast the params for sampling (e.g. jnp.bfloat16)."""
+        rules; the text encoder's too, each tensor placed as it is read); param_dtype: cast the
+        stages' params for sampling (e.g. jnp.bfloat16)."""
         from imagen_jax.text.encoder import load_text_encoder
 
         if not workdirs:
@@ -154,7 +155,7 @@ class Cascade:
             load_ema_params(w, c, step, mesh=mesh, dtype=param_dtype)[0] for w, c, step in zip(workdirs, configs, steps)
         ]
         if text_encoder is None:
-            text_encoder = load_text_encoder(encoders.pop(), max_length=max(lengths))
+            text_encoder = load_text_encoder(encoders.pop(), max_length=max(lengths), mesh=mesh)
         dims = {c["model"]["text_dim"] for c in configs}
         if dims != {text_encoder.dim}:
             raise WorkdirError(
@@ -226,9 +227,7 @@ class Cascade:
                 if skip is not None and self._all_processes(skip(b, indices[real])):
                     bar.update(min(batch_size, len(prompts) - start))
                     continue
-                embedding, mask = self.text_encoder.encode([prompts[i] for i in indices])
-                embedding = to_global(np.asarray(embedding), rows, sharding, batch_size)
-                mask = to_global(np.asarray(mask), rows, sharding, batch_size)
+                embedding, mask = self._encode_rows([prompts[i] for i in indices], rows, sharding, batch_size)
                 images, x = [], None
                 for i, stage in enumerate(stages):
                     key = jax.random.fold_in(jax.random.fold_in(root, i), b)
@@ -237,6 +236,16 @@ class Cascade:
                     images.append(to_uint8(local_rows(x, rows)[real]))
                 bar.update(min(batch_size, len(prompts) - start))
                 yield SampledBatch(b, indices[real], images)
+
+    def _encode_rows(self, prompts, rows, sharding, batch_size):
+        """Global text embedding and mask of a batch from this process's rows' prompts. An
+        encoder on the cascade's mesh (from_workdirs: FSDP-sharded T5) encodes the global
+        batch with all devices together; another encodes this process's rows by itself."""
+        if getattr(self.text_encoder, "mesh", None) == self.mesh:
+            ids, mask = (to_global(a, rows, sharding, batch_size) for a in self.text_encoder.tokenize(prompts))
+            return self.text_encoder.encode_arrays(ids, mask), mask
+        embedding, mask = self.text_encoder.encode(prompts)
+        return tuple(to_global(np.asarray(a), rows, sharding, batch_size) for a in (embedding, mask))
 
     def _with_settings(self, stage_settings) -> list[StageConfig]:
         if stage_settings is None:

@@ -41,6 +41,28 @@ def logical_param_shardings(config: T5EncoderConfig, mesh: Mesh, rules) -> Any:
     return nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_params(config)), mesh, rules)
 
 
+def sharded_placer(mesh: Mesh, rules=None):
+    """place_for(config) -> (place(path, array) -> jax.Array on its shards): the parameters
+    FSDP-sharded on `mesh` by the UNets' logical rules (parallel.logical_shardings; default
+    parallel.DEFAULT_RULES); each process puts only the slices its devices hold."""
+    from imagen_jax.parallel import DEFAULT_RULES, logical_shardings
+
+    def place_for(config: T5EncoderConfig):
+        shardings = logical_shardings(abstract_params(config), mesh, rules or DEFAULT_RULES)
+
+        def place(path, value):
+            sharding = functools.reduce(lambda node, key: node[key], path, shardings)
+            return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+        return place
+
+    return place_for
+
+
+def _place_tree(params, place) -> Any:
+    return jax.tree_util.tree_map_with_path(lambda p, v: place(tuple(k.key for k in p), np.asarray(v)), params)
+
+
 class TextEncoder:
     """A frozen T5 encoder with its tokenizer.
 
@@ -83,11 +105,13 @@ class TextEncoder:
         if param_shardings is None:
             param_shardings = jax.tree.map(lambda _: NamedSharding(self.mesh, PartitionSpec()), params)
         self.params = jax.device_put(params, param_shardings)
+        encode = functools.partial(encode_tokens, config=config, dtype=self.dtype)
         self._encode = jax.jit(
-            functools.partial(encode_tokens, config=config, dtype=self.dtype),
+            encode,
             in_shardings=(param_shardings, self.batch_sharding, self.batch_sharding),
             out_shardings=self.batch_sharding,
         )
+        self._encode_arrays = jax.jit(encode)
 
     @property
     def dim(self) -> int:
@@ -112,6 +136,12 @@ class TextEncoder:
             embeddings, mask = embeddings[:batch], mask[:batch]
         return embeddings, mask
 
+    def encode_arrays(self, token_ids: jax.Array, mask: jax.Array) -> jax.Array:
+        """Embeddings [B, L, D] float32 of token ids and mask [B, L] that are already global
+        arrays on this encoder's mesh (any batch sharding; several processes each holding
+        their rows): the whole batch is encoded by all devices together."""
+        return self._encode_arrays(self.params, token_ids, mask)
+
     def encode(self, prompts: Sequence[str]) -> tuple[jax.Array, jax.Array]:
         """Embeddings [B, max_length, D] float32 (0 at padding) and mask [B, max_length] bool."""
         if len(prompts) == 0:
@@ -124,23 +154,41 @@ def load_text_encoder(
     *,
     max_length: int = DEFAULT_MAX_LENGTH,
     dtype: Any = None,
-    param_dtype: Any = np.float32,
+    param_dtype: Any = None,
+    mesh: Mesh | None = None,
+    rules=None,
     **encoder_kwargs,
 ) -> TextEncoder:
     """A TextEncoder from a built-in name (see BUILTIN_ENCODERS), a Hugging Face
-    checkpoint directory (local or gs://), or a Hugging Face hub id (downloaded when the network allows)."""
+    checkpoint directory (local or gs://), or a Hugging Face hub id (downloaded when the network allows).
+
+    param_dtype: the params' dtype (default: bfloat16 on accelerators, float32 on CPU).
+    mesh: a parallel.make_mesh (data, fsdp) mesh: the params are FSDP-sharded on it by the
+    logical rules (`rules`, default parallel.DEFAULT_RULES), each tensor placed on its shards
+    as it is read (host memory: one tensor), and batches split over data x fsdp. Default:
+    replicated on this process's devices."""
+    param_dtype = default_compute_dtype() if param_dtype is None else param_dtype
+    place_for, shardings = None, None
+    if mesh is not None:
+        place_for = sharded_placer(mesh, rules)
+        encoder_kwargs = dict(encoder_kwargs, mesh=mesh, batch_axes=("data", "fsdp"))
     if name_or_path in BUILTIN_ENCODERS:
         recipe = BUILTIN_ENCODERS[name_or_path]
         params = jax.tree.map(np.asarray, init_params(recipe.config, recipe.seed, param_dtype))
         if recipe.position_bias_std is not None:  # T5's init draws them at std d_model^-0.5
             scale = recipe.position_bias_std / recipe.config.d_model**-0.5
             params["relative_position_bias"]["embedding"] = params["relative_position_bias"]["embedding"] * scale
-        kwargs = dict(max_length=max_length, dtype=dtype, **encoder_kwargs)
+        if place_for is not None:
+            params = _place_tree(params, place_for(recipe.config))
+            shardings = jax.tree.map(lambda x: x.sharding, params)
+        kwargs = dict(max_length=max_length, dtype=dtype, param_shardings=shardings, **encoder_kwargs)
         tokenizer = word_tokenizer(WORDS) if recipe.tokenizer == "words" else byt5_tokenizer()
         return TextEncoder(name_or_path, recipe.config, params, tokenizer, **kwargs)
     is_dir = storage.is_remote(name_or_path) or os.path.isdir(name_or_path)
     checkpoint_dir = name_or_path if is_dir else download_checkpoint(name_or_path)
-    config, params = load_hf_checkpoint(checkpoint_dir, param_dtype)
+    config, params = load_hf_checkpoint(checkpoint_dir, param_dtype, place_for)
+    if place_for is not None:
+        encoder_kwargs = dict(encoder_kwargs, param_shardings=jax.tree.map(lambda x: x.sharding, params))
     name = storage.name(name_or_path) if is_dir else name_or_path.replace("/", "--")
     tokenizer = load_tokenizer(checkpoint_dir)
     return TextEncoder(name, config, params, tokenizer, max_length=max_length, dtype=dtype, **encoder_kwargs)

@@ -157,9 +157,12 @@ def params_from_hf_tensors(
     tensors: Iterator[tuple[str, np.ndarray]] | dict[str, np.ndarray],
     config: T5EncoderConfig,
     param_dtype: Any = np.float32,
+    place: Callable[[tuple[str, ...], np.ndarray], Any] | None = None,
 ) -> dict[str, Any]:
     """Our T5Encoder params (nested dict of numpy arrays in `param_dtype`) from HF tensors.
 
+    place(path, array): where each parameter goes as soon as it is read (e.g. onto its
+    shards on a mesh), so that host memory holds one tensor at a time; default: kept as numpy.
     Raises ValueError listing every missing and unexpected encoder weight, and every shape mismatch.
     """
     rules = hf_to_params_rules(config)
@@ -187,7 +190,8 @@ def params_from_hf_tensors(
         node = params
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = value.astype(param_dtype)
+        value = value.astype(param_dtype)
+        node[path[-1]] = value if place is None else place(path, value)
         found.add(name)
     missing = sorted(set(rules) - found, key=_natural_key)
     if missing or unexpected or bad_shapes:
@@ -203,10 +207,14 @@ def params_from_hf_tensors(
     return params
 
 
-def load_hf_checkpoint(checkpoint_dir: str, param_dtype: Any = np.float32) -> tuple[T5EncoderConfig, dict[str, Any]]:
-    """(config, params) of the T5 encoder in a Hugging Face checkpoint directory (local or gs://)."""
+def load_hf_checkpoint(
+    checkpoint_dir: str, param_dtype: Any = np.float32, place_for: Callable | None = None
+) -> tuple[T5EncoderConfig, dict[str, Any]]:
+    """(config, params) of the T5 encoder in a Hugging Face checkpoint directory (local or gs://).
+    place_for(config) -> place: see params_from_hf_tensors (e.g. text.encoder.sharded_placer)."""
     config = read_hf_config(checkpoint_dir)
-    return config, params_from_hf_tensors(iter_hf_tensors(checkpoint_dir), config, param_dtype)
+    place = None if place_for is None else place_for(config)
+    return config, params_from_hf_tensors(iter_hf_tensors(checkpoint_dir), config, param_dtype, place)
 
 
 def hf_state_dict(params: dict[str, Any], config: T5EncoderConfig) -> dict[str, np.ndarray]:
