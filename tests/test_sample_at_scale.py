@@ -127,6 +127,7 @@ def test_three_stage_cascade_from_the_cli(reference):
     assert len(pngs(reference)) == 3 * len(PROMPTS) + 3  # 3 stages' images and grids
     settings = json.loads((reference / "settings.json").read_text())
     assert [(s["low_res_size"], s["image_size"]) for s in settings["stages"]] == [(0, 16), (16, 32), (32, 64)]
+    assert [s["checkpoint_step"] for s in settings["stages"]] == [7, 7, 7]  # a rerun after more training is refused
 
 
 def test_killed_job_resumes_to_the_same_files(three_stages, reference, tmp_path):

@@ -122,6 +122,7 @@ def run(args) -> int:
     for i, stage in enumerate(cascade.stages):
         settings = {
             "workdir": args.workdir[i],
+            "checkpoint_step": cascade.checkpoint_steps[i],
             "image_size": stage.image_size,
             "low_res_size": stage.low_res_size,
             "sampler": stage.sampler.kind,

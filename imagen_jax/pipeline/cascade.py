@@ -105,6 +105,7 @@ class Cascade:
 
         self.params = [jax.tree.map(place, p) for p in params]
         self.names = list(names) or [f"stage{i}" for i in range(len(stages))]
+        self.checkpoint_steps: list[int | None] = [None] * len(stages)  # from_workdirs: the steps read
 
     @classmethod
     def from_workdirs(
@@ -151,9 +152,7 @@ class Cascade:
         stages = [StageConfig.from_config(c, **changes) for c, changes in zip(configs, stage_settings)]
         _check_order(stages)  # before any checkpoint is read
         mesh = mesh if mesh is not None else make_mesh(data=1, fsdp=-1)
-        params = [
-            load_ema_params(w, c, step, mesh=mesh, dtype=param_dtype)[0] for w, c, step in zip(workdirs, configs, steps)
-        ]
+        loaded = [load_ema_params(w, c, s, mesh=mesh, dtype=param_dtype) for w, c, s in zip(workdirs, configs, steps)]
         if text_encoder is None:
             text_encoder = load_text_encoder(encoders.pop(), max_length=max(lengths), mesh=mesh)
         dims = {c["model"]["text_dim"] for c in configs}
@@ -161,7 +160,9 @@ class Cascade:
             raise WorkdirError(
                 f"The text encoder makes {text_encoder.dim}-wide embeddings; the stages take {sorted(dims)}."
             )
-        return cls(text_encoder, stages, params, [storage.name(w) for w in workdirs], mesh)
+        cascade = cls(text_encoder, stages, [p for p, _ in loaded], [storage.name(w) for w in workdirs], mesh)
+        cascade.checkpoint_steps = [step for _, step in loaded]
+        return cascade
 
     def sample(
         self,

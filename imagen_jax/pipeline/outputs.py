@@ -62,7 +62,7 @@ class SampleWriter:
       <out>/stages/<i>_<name>/...png      each earlier stage's (same names)
       <out>/manifest.jsonl                {"index", "image", "prompt", "seed"} per image, in
                                           index order once the job ends (imagen-jax eval --manifest)
-      <out>/settings.json                 prompts' count, seed, batch size, stages and their
+      <out>/settings.json                 prompts' count, seed, batch size, stages (checkpoint step) and their
                                           sampler settings: a rerun with other settings is refused
       <out>/grid.png                      the first 64 final images (and one per stage folder)
 

@@ -25,7 +25,7 @@ from imagen_jax.pipeline.stage_sampler import StageConfig
 from imagen_jax.train.checkpoints import Checkpoints, abstract_like
 from imagen_jax.train.hardware import peak_tflops
 from imagen_jax.train.inputs import prepare_data, train_iterator
-from imagen_jax.train.metrics import MetricsWriter
+from imagen_jax.train.metrics import MetricsWriter, finished_step, last_logged
 from imagen_jax.train.preemption import Preemption
 from imagen_jax.train.preview import preview_inputs, write_sample_grid
 from imagen_jax.train.program import compile_training
@@ -68,6 +68,9 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
     workdir = os.fspath(storage.path(workdir))
     check_storage(config, workdir)
     check_workdir_config(config, workdir, override)
+    if finished_step(workdir) >= config.train.steps:  # nothing to train: no data, encoder or compile
+        log.info("%s is already trained to step %d", workdir, finished_step(workdir))
+        return last_logged(workdir)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     rules = rules_from_config(config.mesh.get("rules", None))
     _check_batch(config, mesh)

@@ -10,6 +10,22 @@ import numpy as np
 from imagen_jax import storage
 
 
+def last_logged(workdir: str) -> dict:
+    """The last line of a run's metrics.jsonl without its step ({} when there is none)."""
+    path = storage.path(workdir) / "metrics.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    return {k: v for k, v in json.loads(lines[-1]).items() if k != "step"} if lines else {}
+
+
+def finished_step(workdir: str) -> int:
+    """The latest committed checkpoint step of a run's workdir (0 when there is none)."""
+    import orbax.checkpoint as ocp
+
+    directory = storage.path(workdir) / "checkpoints"
+    steps = ocp.utils.checkpoint_steps(directory) if directory.exists() else []
+    return max(steps, default=0)
+
+
 class MetricsWriter:
     """metrics.jsonl and TensorBoard scalars/images, on process 0 only, local or gs://
     (there, metrics.jsonl is uploaded at most every METRICS_UPLOAD_SECONDS and at close)."""
