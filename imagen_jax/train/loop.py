@@ -68,8 +68,9 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
     workdir = os.fspath(storage.path(workdir))
     check_storage(config, workdir)
     check_workdir_config(config, workdir, override)
-    if finished_step(workdir) >= config.train.steps:  # nothing to train: no data, encoder or compile
-        log.info("%s is already trained to step %d", workdir, finished_step(workdir))
+    done = finished_step(workdir)
+    if done >= config.train.steps:  # nothing to train: no data, encoder or compile
+        log.info("%s is already trained to step %d", workdir, done)
         return last_logged(workdir)
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     rules = rules_from_config(config.mesh.get("rules", None))
