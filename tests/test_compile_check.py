@@ -114,6 +114,24 @@ def test_tiny_config_fits_on_v4_8(tmp_path, capsys):
 
 
 @needs_libtpu
+def test_tokens_mode_compiles_the_t5_into_the_step(tmp_path, capsys):
+    """data.text=tokens: the combined T5 + UNet step (the T5's params bf16, FSDP-sharded, an
+    argument of the step) is compiled for the slice, and the report counts the encoder."""
+    out = tmp_path / "report.json"
+    tokens = ["--config.data.text=tokens", "--config.text.encoder=tiny-random-byt5", "--config.model.text_dim=256"]
+    rc = main(["compile-check", *TINY, *tokens, "--topology", "v4-8", "--batch-size", "16", "--output", str(out)])
+    printed = capsys.readouterr().out
+    assert rc == 0, printed
+    assert "text encoder  tiny-random-byt5" in printed and "T5 forward" in printed
+    report = json.loads(out.read_text())
+    assert report["text_encoder"] == "tiny-random-byt5" and report["text_params"] > 2_000_000
+    # bf16, split over the 2-way fsdp axis: about half of 2 bytes per param on each chip.
+    assert report["text_params"] * 2 / 2 <= report["text_param_bytes_per_chip"] < report["text_params"] * 2 * 0.6
+    assert report["argument_bytes"] >= report["state_bytes_per_chip"] + report["text_param_bytes_per_chip"]
+    assert 0 < report["text_flops_per_step"] < report["model_flops_per_step"]
+
+
+@needs_libtpu
 def test_huge_batch_does_not_fit(tmp_path, capsys):
     out = tmp_path / "report.json"
     rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch-size", "65536", "--output", str(out)])

@@ -172,6 +172,47 @@ def test_exact_resume_after_sigkill(straight_run, data_dir, tmp_path):
     assert [x["step"] for x in lines] == list(range(1, 13)) and all(np.isfinite(x["loss"]) for x in lines)
 
 
+def test_tokens_mode_resumes_exactly_after_sigkill(data_dir, tmp_path):
+    """data.text='tokens': the step encodes the captions' token ids with the frozen T5 (loaded
+    at start-up, not checkpointed); a run killed after a checkpoint and started again ends
+    with the params and data position of an uninterrupted run."""
+    overrides = tiny_overrides(data_dir, steps=9, **{"data.text": "tokens"})
+    straight = tmp_path / "straight"
+    run_train(straight, overrides)
+    killed = tmp_path / "killed"
+    slowed = tiny_overrides(data_dir, steps=9, **{"data.text": "tokens", "train.sample_every": 1})
+    proc = subprocess.Popen(
+        train_cmd(killed, slowed), env=env(), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
+    wait_for_checkpoint(proc, killed)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    assert 3 <= committed_steps(killed)[-1] < 9
+    run_train(killed, slowed)
+    a, _ = saved_params(straight, 9)
+    b, _ = saved_params(killed, 9)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert saved_data_state(straight, 9) == saved_data_state(killed, 9)
+    state = ocp.StandardCheckpointer().metadata(Path(straight) / "checkpoints" / "9" / "state").item_metadata
+    assert set(state) == {"step", "params", "opt_state", "ema_params", "nonfinite_streak", "nonfinite_total"}
+
+
+def test_cache_mode_never_loads_the_encoder_it_does_not_use(straight_run, data_dir, tmp_path, monkeypatch):
+    """With the embedding cache written (by straight_run) and no sample grids, training never
+    loads the text encoder."""
+    from imagen_jax.train import inputs, loop
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the text encoder was loaded")
+
+    monkeypatch.setattr(loop, "load_encoder", refuse)
+    monkeypatch.setattr(inputs, "load_encoder", refuse)
+    config = apply_overrides(load_config(CONFIG), tiny_overrides(data_dir, steps=1))
+    metrics = loop.train(config, str(tmp_path / "run"), progress=False)
+    assert np.isfinite(metrics["loss"])
+
+
 def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
     workdir = tmp_path / "preempted"
     proc = subprocess.Popen(

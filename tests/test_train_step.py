@@ -136,3 +136,75 @@ def test_gradient_accumulation_is_the_mean_over_micro_batches():
     assert float(loss) == pytest.approx((float(parts[0][0]) + float(parts[1][0])) / 2, rel=1e-5)
     for g, a, b in zip(*(jax.tree_util.tree_leaves(t) for t in (grads, parts[0][1], parts[1][1]))):
         np.testing.assert_allclose(np.asarray(g), (np.asarray(a) + np.asarray(b)) / 2, rtol=1e-4, atol=1e-7)
+
+
+def tiny_t5(seed=0):
+    """A 2-layer T5 (gated GELU, v1.1 layout) whose output width is the tiny UNet's text_dim."""
+    from imagen_jax.text import T5EncoderConfig, init_params
+
+    t5 = T5EncoderConfig(
+        vocab_size=64, d_model=TEXT_DIM, d_kv=4, d_ff=32, num_layers=2, num_heads=4, feed_forward_proj="gated-gelu"
+    )
+    return t5, init_params(t5, seed)
+
+
+def test_tokens_mode_equals_cache_mode():
+    """data.text='tokens': the step encodes the token ids with the frozen, FSDP-sharded T5 (in
+    each of 2 micro-batches) and gives the loss, gradients and update of the cache-mode step
+    fed the same T5's embeddings."""
+    from imagen_jax.parallel import logical_shardings
+    from imagen_jax.text import encode_tokens
+    from imagen_jax.text.t5 import abstract_params
+    from imagen_jax.train.step_text import StepTextEncoder
+
+    mesh = make_mesh(data=2, fsdp=4)
+    t5_config, t5_params = tiny_t5()
+    t5_params = jax.device_put(t5_params, logical_shardings(abstract_params(t5_config), mesh, DEFAULT_RULES))
+    assert any("fsdp" in str(x.sharding.spec) for x in jax.tree_util.tree_leaves(t5_params))
+    text = StepTextEncoder(t5_config, jnp.float32, t5_params)
+
+    config = tiny_config(accum=2)
+    state, shardings, cache_step = setup(config, mesh)
+    token_config = config.copy_and_resolve_references()
+    token_config.data = ml_collections.ConfigDict(dict(text="tokens"))
+    model = build_model(config)
+    optimizer, schedule = make_optimizer(config.optimizer, 10)
+    token_step = make_train_step(model, optimizer, schedule, token_config, text)
+
+    rng = np.random.default_rng(5)
+    batch = make_batch(config)
+    tokens = rng.integers(3, 64, (8, TEXT_LEN)).astype(np.int32)
+    embedding = jax.jit(lambda p, i, m: encode_tokens(p, i, m, config=t5_config))(t5_params, tokens, batch["text_mask"])
+    cache_batch = dict(batch, text_embedding=np.asarray(embedding))
+    token_batch = {k: v for k, v in batch.items() if k != "text_embedding"} | {"text_tokens": tokens}
+    put = lambda b: {k: jax.device_put(v, batch_sharding(mesh, v.ndim)) for k, v in b.items()}  # noqa: E731
+    key = jax.random.key(7)
+
+    loss_c, grads_c = jax.jit(cache_step.loss_and_grads)(state.params, put(cache_batch), key)
+    loss_t, grads_t = jax.jit(token_step.loss_and_grads)(state.params, put(token_batch), key, t5_params)
+    assert float(loss_t) == pytest.approx(float(loss_c), rel=1e-5)
+    assert jax.tree_util.tree_structure(grads_t) == jax.tree_util.tree_structure(state.params)  # T5 is not trained
+    for a, b in zip(jax.tree_util.tree_leaves(grads_t), jax.tree_util.tree_leaves(grads_c)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
+
+    cache_jit = jax.jit(cache_step, in_shardings=(shardings, None, None), out_shardings=(shardings, None))
+    token_jit = jax.jit(
+        token_step, in_shardings=(shardings, None, None, text.shardings), out_shardings=(shardings, None)
+    )
+    after_c, metrics_c = cache_jit(state, put(cache_batch), key)
+    after_t, metrics_t = token_jit(state, put(token_batch), key, t5_params)
+    assert float(metrics_t["grad_norm"]) == pytest.approx(float(metrics_c["grad_norm"]), rel=1e-5)
+    for a, b in zip(jax.tree_util.tree_leaves(after_t.params), jax.tree_util.tree_leaves(after_c.params)):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
+
+
+def test_tokens_batch_without_text_encoder_is_refused():
+    config = tiny_config()
+    model = build_model(config)
+    optimizer, schedule = make_optimizer(config.optimizer, 10)
+    step = make_train_step(model, optimizer, schedule, config)
+    state, _, _ = setup(config, make_mesh(data=1, fsdp=1, devices=jax.devices()[:1]))
+    batch = {k: v for k, v in make_batch(config).items() if k != "text_embedding"}
+    batch["text_tokens"] = np.zeros((8, TEXT_LEN), np.int32)
+    with pytest.raises(ValueError, match="text_encoder"):
+        step(state, batch, jax.random.key(0))

@@ -14,6 +14,11 @@ bound max(flops / peak FLOP/s, bytes accessed / HBM bandwidth) per chip, which i
 communication. Model FLOPs (for MFU) are 3x the forward pass on the global batch (the
 backward pass counted as twice the forward, rematerialization not counted); XLA's own
 count of the compiled program (rematerialization included) is reported beside them.
+
+Text mode 'tokens' (data.text): the step encodes the batch's token ids with the frozen T5
+of `text.encoder` (its shape from its config: no weights are read), params in bfloat16
+FSDP-sharded by the same rules; the report gives the encoder's params per chip and its
+forward FLOPs, which the model FLOPs include (once: no backward through a frozen encoder).
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import numpy as np
 from imagen_jax.aot.tpu_slices import TpuSlice, parse_slice, topology_devices
 from imagen_jax.models import build_model, dummy_inputs
 from imagen_jax.parallel import make_mesh, rules_from_config
-from imagen_jax.train.program import lower_training
+from imagen_jax.train.program import encodes_tokens, lower_training
+from imagen_jax.train.step_text import StepTextEncoder
 
 
 @dataclasses.dataclass
@@ -63,6 +69,10 @@ class CompileReport:
     step_s_source: str | None = None
     images_per_sec: float | None = None
     mfu: float | None = None
+    text_encoder: str | None = None  # data.text = 'tokens': the T5 run inside the step
+    text_params: int | None = None
+    text_param_bytes_per_chip: int | None = None  # this chip's shards of the T5 params (bf16)
+    text_flops_per_step: float | None = None  # the T5 forward on the global batch
     compile_s: float = 0.0
     error: str | None = None  # XLA's out-of-memory message when it refused to compile
     xla_available_bytes: int | None = None  # the HBM XLA said it had, when it refused
@@ -128,6 +138,16 @@ def model_flops_per_step(config, global_batch: int, params) -> float:
     return 3.0 * float(costs["flops"])
 
 
+def text_flops_per_step(text: StepTextEncoder, global_batch: int, length: int) -> float:
+    """The frozen T5's forward FLOPs on the global batch (XLA's count, default backend)."""
+    params = jax.tree_util.tree_map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), text.params)
+    ids = jax.ShapeDtypeStruct((global_batch, length), np.int32)
+    mask = jax.ShapeDtypeStruct((global_batch, length), np.bool_)
+    costs = jax.jit(text.encode).lower(params, ids, mask).cost_analysis()
+    costs = costs[0] if isinstance(costs, (list, tuple)) else costs
+    return float(costs["flops"])
+
+
 def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None = None) -> CompileReport:
     """Compile `config`'s train step for the TPU slice `topology` ("v4-256", "v4:4x4x8", ...)
     on this machine and report whether it fits and how fast XLA expects it to run."""
@@ -137,7 +157,12 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, devices=devices)
     rules = rules_from_config(config.mesh.get("rules", None))
     global_batch = int(global_batch or config.train.batch_size)
-    program = lower_training(config, mesh, rules, global_batch)
+    text = None
+    if encodes_tokens(config):
+        from imagen_jax.text.encoder import encoder_config
+
+        text = StepTextEncoder.abstract(encoder_config(config.text.encoder), mesh, rules)
+    program = lower_training(config, mesh, rules, global_batch, text)
     params = program.abstract_state.params
     report = CompileReport(
         topology=tpu_slice.name,
@@ -152,6 +177,10 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
         fits=False,
         state_bytes_per_chip=shard_bytes(program.abstract_state),
     )
+    if text is not None:
+        report.text_encoder = config.text.encoder
+        report.text_params = int(sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(text.params)))
+        report.text_param_bytes_per_chip = shard_bytes(text.params)
     compiled, report.compile_s, report.error, numbers = try_compile(program.lowered)
     if compiled is None:
         if numbers:
@@ -194,6 +223,9 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
     else:
         report.step_s, report.step_s_source = report.roofline_step_s, "roofline (flops, HBM bytes; no comms)"
     report.model_flops_per_step = model_flops_per_step(config, global_batch, params)
+    if text is not None:
+        report.text_flops_per_step = text_flops_per_step(text, global_batch, config.data.max_text_length)
+        report.model_flops_per_step += report.text_flops_per_step
     if report.step_s > 0:
         report.images_per_sec = global_batch / report.step_s
         report.mfu = report.model_flops_per_step / (report.step_s * report.chips * chip.peak_tflops * 1e12)

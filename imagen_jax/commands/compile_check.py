@@ -4,7 +4,9 @@
 Compiles the config's real train step for a TPU slice on this machine (CPU is enough;
 needs libtpu: pip install 'imagen-jax[tpu-aot]') and prints per-chip memory against the
 chip's HBM, FLOPs per step, the estimated step time, images/s and MFU. Exit status 0 when
-it fits, 1 when it does not (the output says by how much), 2 for a usage error.
+it fits, 1 when it does not (the output says by how much), 2 for a usage error. With
+--config.data.text=tokens the step includes the frozen T5 of text.encoder (its shape from
+its config.json or known hub id; bf16, FSDP-sharded), and its params and FLOPs are shown.
 With --sample: the stage configs (base first) form a cascade; compiles what `imagen-jax
 sample` runs (the T5 encoder and each stage's whole sampler, params FSDP-sharded, the batch
 split over the chips) and prints each program's per-chip memory and estimated images/s, and
@@ -72,13 +74,22 @@ def format_report(report, config_name: str = "") -> str:
         ("parameters", f"{report.params:,}"),
         ("state per chip", _gib(report.state_bytes_per_chip) + "  (params, EMA, optimizer: this chip's shards)"),
     ]
+    if report.text_encoder:
+        rows.append(
+            (
+                "text encoder",
+                f"{report.text_encoder}, {report.text_params:,} params, "
+                f"{_gib(report.text_param_bytes_per_chip)} per chip (bfloat16, FSDP), run inside the step",
+            )
+        )
     if report.error is None:
         used = (
             f"{_gib(report.total_bytes)} of {_gib(report.hbm_bytes)} HBM ({report.total_bytes / report.hbm_bytes:.0%})"
         )
         xla_step = f"{report.xla_step_s:.3f} s" if report.xla_step_s is not None else "not reported"
+        model = "3 x UNet forward" + (" + T5 forward" if report.text_encoder else "")
         flops = (
-            f"{report.model_flops_per_step / 1e12:,.1f} TFLOP model (3 x forward); "
+            f"{report.model_flops_per_step / 1e12:,.1f} TFLOP model ({model}); "
             f"XLA: {report.flops_per_chip / 1e12:,.2f} TFLOP per chip, remat included"
             + (f" ({report.grad_accum_steps} x the micro-batch loop)" if report.grad_accum_steps > 1 else "")
         )
@@ -90,6 +101,11 @@ def format_report(report, config_name: str = "") -> str:
             ("XLA peak", _gib(report.xla_peak_bytes or None)),
             ("total per chip", used),
             ("FLOPs per step", flops),
+            *(
+                [("T5 forward", f"{report.text_flops_per_step / 1e12:,.1f} TFLOP per step")]
+                if report.text_encoder
+                else []
+            ),
             ("XLA step estimate", xla_step),
             ("roofline step time", f"{report.roofline_step_s:.3f} s (flops, HBM bytes; no communication)"),
             ("images/s", f"{report.images_per_sec:,.0f}  (at {report.step_s:.3f} s/step, {report.step_s_source})"),

@@ -59,6 +59,27 @@ def _activation(name: str):
     }[name]
 
 
+class HeadProjection(nn.Module):
+    """A bias-free projection to or from heads: einsum(`equation`, x, kernel), the kernel of
+    `shape` [embed, heads, kv] or [heads, kv, embed] with its logical axis `names`, drawn from
+    N(0, std^2). (nn.DenseGeneral draws its kernel flat and constrains that rank-2 array with
+    the rank-3 names, which fails when traced under logical axis rules and a mesh, as
+    inside the train step.)"""
+
+    shape: tuple[int, ...]
+    names: tuple[str, ...]
+    std: float
+    equation: str
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        init = nn.with_logical_partitioning(nn.initializers.normal(self.std), self.names)
+        kernel = self.param("kernel", init, self.shape, self.param_dtype)
+        return jnp.einsum(self.equation, x.astype(self.dtype), kernel.astype(self.dtype))
+
+
 class T5LayerNorm(nn.Module):
     """T5's RMS norm: x / sqrt(mean(x^2) + eps) * scale, no mean subtraction, no bias.
 
@@ -96,17 +117,11 @@ class T5Attention(nn.Module):
         cfg = self.config
         d_model, inner = cfg.d_model, cfg.num_heads * cfg.d_kv
         # Mesh TensorFlow initialization, as Hugging Face's T5PreTrainedModel._init_weights.
-        projection = lambda name, std: nn.DenseGeneral(  # noqa: E731
-            (cfg.num_heads, cfg.d_kv),
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(std), ("embed", "heads", "kv")),
-            name=name,
-        )
-        query = projection("query", (d_model * cfg.d_kv) ** -0.5)(x)
-        key = projection("key", d_model**-0.5)(x)
-        value = projection("value", d_model**-0.5)(x)
+        kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        shape, names = (d_model, cfg.num_heads, cfg.d_kv), ("embed", "heads", "kv")
+        query = HeadProjection(shape, names, (d_model * cfg.d_kv) ** -0.5, "bld,dhk->blhk", name="query", **kw)(x)
+        key = HeadProjection(shape, names, d_model**-0.5, "bld,dhk->blhk", name="key", **kw)(x)
+        value = HeadProjection(shape, names, d_model**-0.5, "bld,dhk->blhk", name="value", **kw)(x)
 
         logits = jnp.einsum("bqhd,bkhd->bhqk", query, key, preferred_element_type=jnp.float32)
         logits = logits + position_bias
@@ -114,15 +129,8 @@ class T5Attention(nn.Module):
         weights = jax.nn.softmax(logits, axis=-1).astype(self.dtype)
         attended = jnp.einsum("bhqk,bkhd->bqhd", weights, value)
 
-        return nn.DenseGeneral(
-            d_model,
-            axis=(-2, -1),
-            use_bias=False,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(nn.initializers.normal(inner**-0.5), ("heads", "kv", "embed")),
-            name="out",
-        )(attended)
+        out_shape, out_names = (cfg.num_heads, cfg.d_kv, d_model), ("heads", "kv", "embed")
+        return HeadProjection(out_shape, out_names, inner**-0.5, "blhk,hkd->bld", name="out", **kw)(attended)
 
 
 class T5MLP(nn.Module):

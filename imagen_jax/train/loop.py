@@ -1,8 +1,9 @@
 """The training loop: `train(config, workdir)` for one cascade stage (design.md §7).
 
 Read top to bottom: join the multi-host runtime and check the workdir and every path
-(workdir.py); build the mesh; prepare the data and its text-embedding cache once
-(inputs.py); compile the train step ahead of time with the state born sharded
+(workdir.py); build the mesh; prepare the data and its text-embedding cache once, and load
+the frozen T5 where it is used (inputs.py: text mode 'tokens' runs it inside the step,
+step_text.py); compile the train step ahead of time with the state born sharded
 (program.py); restore the latest checkpoint (state AND data iterator) or warm-start; then
 step, with a progress bar, metrics (metrics.py), sample grids (preview.py), periodic async
 checkpoints and a final one. SIGTERM (preemption.py) saves at the next step boundary and
@@ -24,11 +25,12 @@ from imagen_jax.parallel import batch_axis_size, initialize, make_mesh, rules_fr
 from imagen_jax.pipeline.stage_sampler import StageConfig
 from imagen_jax.train.checkpoints import Checkpoints, abstract_like
 from imagen_jax.train.hardware import peak_tflops
-from imagen_jax.train.inputs import prepare_data, train_iterator
+from imagen_jax.train.inputs import load_encoder, prepare_data, train_iterator
 from imagen_jax.train.metrics import MetricsWriter, finished_step, last_logged
 from imagen_jax.train.preemption import Preemption
 from imagen_jax.train.preview import preview_inputs, write_sample_grid
-from imagen_jax.train.program import compile_training
+from imagen_jax.train.program import compile_training, encodes_tokens
+from imagen_jax.train.step_text import StepTextEncoder
 from imagen_jax.train.warm_start import warm_start
 from imagen_jax.train.workdir import ConfigMismatchError, check_storage, check_workdir_config
 
@@ -50,18 +52,6 @@ def _check_batch(config, mesh) -> None:
         )
 
 
-def _load_encoder(config):
-    from imagen_jax.text.encoder import load_text_encoder
-
-    encoder = load_text_encoder(config.text.encoder, max_length=config.data.max_text_length)
-    if encoder.dim != config.model.text_dim:
-        raise ValueError(
-            f"model.text_dim={config.model.text_dim} but the text encoder {encoder.name!r} "
-            f"outputs {encoder.dim}; set --config.model.text_dim={encoder.dim}"
-        )
-    return encoder
-
-
 def train(config, workdir: str, *, override: bool = False, progress: bool = True) -> dict:
     """Train one stage to config.train.steps; resumable. Returns the last logged metrics."""
     initialize()
@@ -75,17 +65,21 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     rules = rules_from_config(config.mesh.get("rules", None))
     _check_batch(config, mesh)
-    encoder = _load_encoder(config)
-    cache_dir = prepare_data(config, encoder)
+    cache_dir = prepare_data(config, mesh, rules)
+    tokens = encodes_tokens(config)
+    # The encoder is loaded only where it is used: by the step (tokens) or for the preview prompts.
+    encoder = load_encoder(config, mesh, rules) if tokens or config.train.sample_every else None
+    text = StepTextEncoder.from_encoder(encoder) if tokens else None
 
     root = jax.random.key(config.seed)
-    program = compile_training(config, mesh, rules, config.train.batch_size, jax.random.fold_in(root, 0))
+    program = compile_training(config, mesh, rules, config.train.batch_size, jax.random.fold_in(root, 0), text)
     state, shardings, compiled = program.state, program.shardings, program.step
     batch_specs, batch_shardings, flops = program.batch_specs, program.batch_shardings, program.flops_per_device
     global_batch = config.train.batch_size
     train_key = jax.random.fold_in(root, 1)
 
-    iterator = train_iterator(config, cache_dir)
+    step_args = (text.params,) if text is not None else ()
+    iterator = train_iterator(config, cache_dir, encoder)
     ckpt_cfg = config.checkpoint
     checkpoints = Checkpoints(
         storage.join(workdir, "checkpoints"),
@@ -102,6 +96,8 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
 
     peak = peak_tflops(jax.devices()[0].device_kind)
     preview = preview_inputs(config, encoder, cache_dir) if config.train.sample_every else None
+    if not tokens:
+        encoder = None  # the preview prompts are encoded: free the encoder's memory
     preview_stage = StageConfig.from_config(config) if preview else None
     writer = MetricsWriter(workdir)
     config_json = config_lib.to_dict(config)
@@ -123,7 +119,7 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
                     k: jax.make_array_from_process_local_data(batch_shardings[k], np.asarray(local[k]))
                     for k in batch_specs
                 }
-                state, metrics = compiled(state, batch, train_key)
+                state, metrics = compiled(state, batch, train_key, *step_args)
                 step += 1
                 bar.update(1)
                 if step % config.train.log_every == 0 or step == total:

@@ -15,29 +15,30 @@ from imagen_jax.pipeline.stage_sampler import StageConfig, sample_stage
 from imagen_jax.train.metrics import MetricsWriter
 
 
-def preview_inputs(config, encoder, cache_dir: str) -> dict:
+def preview_inputs(config, encoder, cache_dir: str | None) -> dict:
     """Fixed inputs for the sample grids: the configured prompts encoded; for SR stages the
     first examples of the (unshuffled) data split as low-res inputs and ground truth (their
-    captions' embeddings from the cache in `cache_dir`)."""
+    captions' embeddings from the cache in `cache_dir`, or with cache_dir None (text mode
+    'tokens') their captions encoded by `encoder`)."""
     from imagen_jax.data.pipeline import dataset_from_config
     from imagen_jax.text.embedding_cache import EmbeddingCacheSource
+    from imagen_jax.train.inputs import caption_tokenizer
 
     prompts = list(config.train.sample_prompts)
     embedding, mask = encoder.encode(prompts)
-    inputs = {"prompts": prompts, "text_embedding": np.asarray(embedding), "text_mask": np.asarray(mask)}
+    inputs = {"prompts": prompts, "text_embedding": _on_host(embedding), "text_mask": _on_host(mask)}
     if is_super_resolution(config):
         config = config.copy_and_resolve_references()
         config.data.shuffle, config.data.num_workers, config.data.random_crop = False, 0, False
-        it = iter(
-            dataset_from_config(
-                config,
-                batch_size=len(prompts),
-                process_index=0,
-                process_count=1,
-                text_embeddings=EmbeddingCacheSource(cache_dir),
-            )
-        )
+        if cache_dir is None:
+            text = dict(tokenize=caption_tokenizer(encoder, config.data.max_text_length))
+        else:
+            text = dict(text_embeddings=EmbeddingCacheSource(cache_dir))
+        it = iter(dataset_from_config(config, batch_size=len(prompts), process_index=0, process_count=1, **text))
         batch = next(it)
+        if cache_dir is None:
+            embedding, _ = encoder.encode_ids(batch["text_tokens"], batch["text_mask"])
+            batch["text_embedding"] = _on_host(embedding)
         inputs.update(
             text_embedding=batch["text_embedding"],
             text_mask=batch["text_mask"],
@@ -45,6 +46,13 @@ def preview_inputs(config, encoder, cache_dir: str) -> dict:
             truth=batch["image"],
         )
     return inputs
+
+
+def _on_host(array: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-process) global array, on every host."""
+    if array.is_fully_addressable:
+        return np.asarray(array)
+    return np.asarray(multihost_utils.process_allgather(array, tiled=True))
 
 
 def write_sample_grid(

@@ -18,14 +18,21 @@ from imagen_jax.train.state import TrainState, abstract_sharded_state, create_sh
 from imagen_jax.train.step import make_train_step
 
 
+def encodes_tokens(config) -> bool:
+    """True when the batches carry token ids that the train step encodes (data.text = 'tokens');
+    else they carry cached embeddings."""
+    return config.data.get("text", "embedding") == "tokens"
+
+
 def abstract_batch(config, global_batch: int, text_dim: int) -> dict:
     """ShapeDtypeStructs of one global batch (the train step is compiled before any data)."""
     res, length = config.resolution, config.data.max_text_length
-    batch = {
-        "image": jax.ShapeDtypeStruct((global_batch, res, res, 3), jnp.float32),
-        "text_embedding": jax.ShapeDtypeStruct((global_batch, length, text_dim), jnp.float32),
-        "text_mask": jax.ShapeDtypeStruct((global_batch, length), jnp.bool_),
-    }
+    batch = {"image": jax.ShapeDtypeStruct((global_batch, res, res, 3), jnp.float32)}
+    if encodes_tokens(config):
+        batch["text_tokens"] = jax.ShapeDtypeStruct((global_batch, length), jnp.int32)
+    else:
+        batch["text_embedding"] = jax.ShapeDtypeStruct((global_batch, length, text_dim), jnp.float32)
+    batch["text_mask"] = jax.ShapeDtypeStruct((global_batch, length), jnp.bool_)
     if is_super_resolution(config):
         low = config.low_res_resolution
         batch["low_res"] = jax.ShapeDtypeStruct((global_batch, low, low, 3), jnp.float32)
@@ -51,14 +58,16 @@ class LoweredTraining:
     shardings: Any
     batch_specs: dict
     batch_shardings: dict
-    lowered: Any  # jax.stages.Lowered of (state, batch, key) -> (state, metrics), state donated
+    lowered: Any  # jax.stages.Lowered of (state, batch, key[, text_params]) -> (state, metrics), state donated
 
 
-def lower_training(config, mesh, rules, global_batch: int) -> LoweredTraining:
+def lower_training(config, mesh, rules, global_batch: int, text_encoder=None) -> LoweredTraining:
     """Build the model and optimizer from `config`, derive the state's shardings on `mesh`
     (jax.eval_shape: no memory) and lower the real train step with in/out shardings and
     donation of the state. The step is traced under `activation_sharding(mesh, rules)`, so
-    the models' activation constraints (batch over data x fsdp) are in the program."""
+    the models' activation constraints (batch over data x fsdp) are in the program.
+    text_encoder: a step_text.StepTextEncoder on `mesh`, needed when the batches carry
+    tokens (data.text = 'tokens'): its params are the step's fourth argument, not donated."""
     accum = int(config.train.get("grad_accum_steps", 1))
     if global_batch % (batch_axis_size(mesh) * accum):
         raise ValueError(
@@ -77,12 +86,18 @@ def lower_training(config, mesh, rules, global_batch: int) -> LoweredTraining:
     abstract_state, shardings = abstract_sharded_state(init_params_fn, optimizer, jax.random.key(0), mesh, rules)
     batch_specs = abstract_batch(config, global_batch, config.model.text_dim)
     batch_shardings = {k: batch_sharding(mesh, v.ndim) for k, v in batch_specs.items()}
-    step_fn = make_train_step(model, optimizer, lr_schedule, config)
-    key_spec = jax.eval_shape(lambda: jax.random.key(0))
+    if encodes_tokens(config) and text_encoder is None:
+        raise ValueError("data.text = 'tokens' needs the T5 the step runs: pass text_encoder (step_text.py)")
+    text_encoder = text_encoder if encodes_tokens(config) else None
+    step_fn = make_train_step(model, optimizer, lr_schedule, config, text_encoder)
+    args = (abstract_state, batch_specs, jax.eval_shape(lambda: jax.random.key(0)))
+    in_shardings = (shardings, batch_shardings, None)
+    if text_encoder is not None:  # the T5 params: a fourth argument
+        args, in_shardings = args + (text_encoder.abstract_params,), in_shardings + (text_encoder.shardings,)
     with activation_sharding(mesh, rules):
-        lowered = jax.jit(
-            step_fn, in_shardings=(shardings, batch_shardings, None), out_shardings=(shardings, None), donate_argnums=0
-        ).lower(abstract_state, batch_specs, key_spec)
+        lowered = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, None), donate_argnums=0).lower(
+            *args
+        )
     return LoweredTraining(
         model, optimizer, init_params_fn, abstract_state, shardings, batch_specs, batch_shardings, lowered
     )
@@ -97,14 +112,14 @@ class TrainingProgram:
     shardings: Any
     batch_specs: dict
     batch_shardings: dict
-    step: Any  # compiled: (state, batch, key) -> (state, metrics), state donated
+    step: Any  # compiled: (state, batch, key[, text_params]) -> (state, metrics), state donated
     flops_per_device: float
 
 
-def compile_training(config, mesh, rules, global_batch: int, init_key) -> TrainingProgram:
+def compile_training(config, mesh, rules, global_batch: int, init_key, text_encoder=None) -> TrainingProgram:
     """Lower the train step (`lower_training`), compile it ahead of time and create the
     state it takes, sharded on `mesh`."""
-    program = lower_training(config, mesh, rules, global_batch)
+    program = lower_training(config, mesh, rules, global_batch, text_encoder)
     compiled = program.lowered.compile()
     state, shardings = create_sharded_state(
         program.init_params_fn, program.optimizer, init_key, mesh, rules, program.shardings

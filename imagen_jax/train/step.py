@@ -1,6 +1,7 @@
 """The pure train step: `train_step(state, batch, key) -> (state, metrics)` (design.md §2, §3).
 
-Per step: classifier-free text dropout (zeroed text, design.md §2), for SR stages noise
+Per step: in text mode 'tokens' the frozen T5 encodes the batch's token ids (step_text.py),
+then classifier-free text dropout (zeroed text, design.md §2), for SR stages noise
 conditioning augmentation of the low-res image (its own independent noise and a
 per-example aug level, design.md §3), the diffusion loss, optional gradient accumulation over
 micro-batches, the optimizer update and the EMA. A non-finite loss or gradient skips
@@ -20,11 +21,14 @@ from imagen_jax.train.ema import ema_decay_at, ema_update
 from imagen_jax.train.state import TrainState
 
 
-def make_train_step(model, optimizer, lr_schedule, config):
-    """Close over the static pieces; returns train_step(state, batch, key) -> (state, metrics).
+def make_train_step(model, optimizer, lr_schedule, config, text_encoder=None):
+    """Close over the static pieces; returns
+    train_step(state, batch, key, text_params=None) -> (state, metrics).
 
-    batch: "image" [B, H, W, 3] in [-1, 1], "text_embedding" [B, L, D], "text_mask" [B, L]
-    bool, and for SR stages "low_res" [B, h, w, 3]. key: the run's root training key.
+    batch: "image" [B, H, W, 3] in [-1, 1], "text_embedding" [B, L, D] float32 (cached) or
+    "text_tokens" [B, L] int32 (data.text = 'tokens': encoded here by `text_encoder`, a
+    step_text.StepTextEncoder, with `text_params`), "text_mask" [B, L] bool, and for SR
+    stages "low_res" [B, h, w, 3]. key: the run's root training key.
     """
     schedule = Schedule.from_config(config.diffusion.schedule)
     aug_schedule = Schedule.from_config(config.diffusion.get("aug_schedule", {"kind": "cosine"}))
@@ -37,11 +41,18 @@ def make_train_step(model, optimizer, lr_schedule, config):
     ema_warmup = config.train.get("ema_warmup", True)
     is_sr = is_super_resolution(config)
 
-    def loss_fn(params, batch, key):
+    def encoded_text(batch, text_params):
+        if "text_tokens" not in batch:
+            return batch["text_embedding"]
+        if text_encoder is None:
+            raise ValueError("a batch of text_tokens needs the step's text_encoder (data.text = 'tokens')")
+        return text_encoder.encode(text_params, batch["text_tokens"], batch["text_mask"])
+
+    def loss_fn(params, batch, key, text_params):
         drop_key, aug_t_key, aug_noise_key, loss_key, dropout_key = jax.random.split(key, 5)
         batch_size = batch["image"].shape[0]
         drop = jax.random.uniform(drop_key, (batch_size,)) < text_drop_prob
-        text, mask = drop_text(batch["text_embedding"], batch["text_mask"], drop)
+        text, mask = drop_text(encoded_text(batch, text_params), batch["text_mask"], drop)
         cond = {"text_embedding": text, "text_mask": mask}
         if is_sr:
             aug_logsnr = aug_schedule(jax.random.uniform(aug_t_key, (batch_size,)))
@@ -67,9 +78,9 @@ def make_train_step(model, optimizer, lr_schedule, config):
 
     grad_fn = jax.value_and_grad(loss_fn)
 
-    def loss_and_grads(params, batch, key):
+    def loss_and_grads(params, batch, key, text_params=None):
         if accum == 1:
-            return grad_fn(params, batch, key)
+            return grad_fn(params, batch, key, text_params)
         batch_size = batch["image"].shape[0]
         if batch_size % accum:
             raise ValueError(f"batch {batch_size} is not divisible by train.grad_accum_steps={accum}; change either")
@@ -82,16 +93,16 @@ def make_train_step(model, optimizer, lr_schedule, config):
 
         def body(carry, inputs):
             i, mb = inputs
-            loss, grads = grad_fn(params, mb, jax.random.fold_in(key, i))
+            loss, grads = grad_fn(params, mb, jax.random.fold_in(key, i), text_params)
             return jax.tree_util.tree_map(jnp.add, carry, (loss, grads)), None
 
         zeros = (jnp.zeros((), jnp.float32), jax.tree_util.tree_map(jnp.zeros_like, params))
         (loss, grads), _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
         return jax.tree_util.tree_map(lambda g: g / accum, (loss, grads))
 
-    def train_step(state: TrainState, batch, key):
+    def train_step(state: TrainState, batch, key, text_params=None):
         step_key = jax.random.fold_in(key, state.step)
-        loss, grads = loss_and_grads(state.params, batch, step_key)
+        loss, grads = loss_and_grads(state.params, batch, step_key, text_params)
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
