@@ -14,8 +14,8 @@ directories of files are committed by writing their marker file last (`upload_tr
 ArrayRecord (datasets, the text-embedding cache) reads and writes local files only (its
 reader does not open gs:// paths), so those readers take `local_view(path)`: for gs:// the
 bucket's gcsfuse mount, named by $IMAGEN_JAX_GCS_MOUNT (gs://B/x is read at
-$IMAGEN_JAX_GCS_MOUNT/B/x); ArrayRecord files bound for gs:// are written to a local
-staging folder and uploaded (`staged_dir`).
+$IMAGEN_JAX_GCS_MOUNT/B/x); an ArrayRecord file bound for gs:// is written locally and
+uploaded whole (`StagedFile`; locally it is renamed into place).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import fsspec.config
 from etils import epath
@@ -229,35 +229,37 @@ def upload_tree(local_dir: str, remote_dir: str | os.PathLike, *, last: Sequence
             shutil.copyfileobj(src, dst, length=16 << 20)
 
 
-@contextlib.contextmanager
-def staged_dir(target: str | os.PathLike, *, last: Sequence[str] = ()) -> Iterator[str]:
-    """A new local folder to write a directory's files into, with code that writes local
-    files only (ArrayRecord). When the block ends without error its content replaces
-    `target`'s: locally by renames (a sibling temp folder renamed into place: `target` is
-    never half-written); on gs:// by deleting `target` and uploading with `upload_tree`,
-    the `last` files (the commit marker) last. On error nothing of it is left behind."""
-    target = path(target)
-    if is_remote(target):
-        with tempfile.TemporaryDirectory(prefix="imagen_jax_stage_") as local:
-            yield local
-            rmtree(target)
-            upload_tree(local, target, last=last)
-        return
-    target.parent.mkdir(parents=True, exist_ok=True)
-    local = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
-    os.makedirs(local)
-    try:
-        yield local
-    except BaseException:
-        shutil.rmtree(local, ignore_errors=True)
-        raise
-    old = None
-    if target.exists():
-        old = f"{target}.old-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
-    os.rename(local, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+class StagedFile:
+    """A local path (`.local`) at which code that writes local files only (ArrayRecord)
+    writes one file, then `commit()` puts it at `target` whole: locally by a rename from a
+    temporary name beside it, on gs:// by one streamed upload (an object exists only once
+    complete); `discard()` drops it. A reader never sees a half-written `target`."""
+
+    def __init__(self, target: str | os.PathLike):
+        self.target = path(target)
+        if is_remote(self.target):
+            self._tmpdir = tempfile.mkdtemp(prefix="imagen_jax_file_")
+            self.local = os.path.join(self._tmpdir, self.target.name)
+        else:
+            self._tmpdir = None
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.local = f"{self.target}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+    def commit(self) -> str:
+        if self._tmpdir is None:
+            os.replace(self.local, self.target)
+        else:
+            with open(self.local, "rb") as src, self.target.open("wb") as dst:
+                shutil.copyfileobj(src, dst, length=16 << 20)
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
+        return os.fspath(self.target)
+
+    def discard(self) -> None:
+        if self._tmpdir is None:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(self.local)
+        else:
+            shutil.rmtree(self._tmpdir, ignore_errors=True)
 
 
 class AppendFile:

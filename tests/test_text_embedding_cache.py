@@ -1,5 +1,6 @@
 """The text-embedding cache: write_embedding_cache, EmbeddingCacheSource and `imagen-jax embed`."""
 
+import functools
 import json
 import os
 import pickle
@@ -52,22 +53,56 @@ def test_cache_round_trip(tmp_path, encoder, dtype, np_dtype):
         source[7]
 
 
-def test_interrupted_write_leaves_no_cache_and_existing_cache_is_kept(tmp_path, encoder):
+def _files(cache_dir):
+    return {name: (cache_dir / name).read_bytes() for name in sorted(os.listdir(cache_dir))}
+
+
+class Broken(list):
+    """Records whose reads fail from index `fail_at` on (an interrupted write)."""
+
+    fail_at = None
+
+    def __getitems__(self, indices):
+        if self.fail_at is not None and max(indices) >= self.fail_at:
+            raise RuntimeError("disk on fire")
+        return [self[i] for i in indices]
+
+
+def test_interrupted_write_resumes_to_the_same_cache(tmp_path, encoder):
+    """A write that fails part-way leaves whole files and no metadata.json (not a cache); the
+    same call again writes only the missing files and gives the uninterrupted run's bytes."""
+    records = Broken({"caption": f"{i} red circles"} for i in range(10))
+    settings = dict(batch_size=2, records_per_file=4, progress=False)
+    straight = tmp_path / "straight"
+    write_embedding_cache(records, encoder, str(straight), **settings)
+
+    out = tmp_path / "cache"
+    records.fail_at = 6
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        write_embedding_cache(records, encoder, str(out), **settings)
+    assert sorted(os.listdir(out)) == ["in_progress.json", "text_embeddings-00000-of-00003.array_record"]
+    with pytest.raises(FileNotFoundError, match="imagen-jax embed"):
+        EmbeddingCacheSource(str(out))
+    first = (out / "text_embeddings-00000-of-00003.array_record").stat().st_mtime_ns
+    with pytest.raises(FileExistsError, match="dtype: 'float16' there, 'bfloat16' here.*overwrite"):
+        write_embedding_cache(records, encoder, str(out), **settings, dtype="bfloat16")
+
+    records.fail_at = None
+    write_embedding_cache(records, encoder, str(out), **settings)
+    assert (out / "text_embeddings-00000-of-00003.array_record").stat().st_mtime_ns == first  # not rewritten
+    assert _files(out) == _files(straight) and "in_progress.json" not in _files(out)
+    assert len(EmbeddingCacheSource(str(out))) == 10
+
+
+def test_complete_cache_is_kept_and_other_settings_are_refused(tmp_path, encoder):
     out_dir = tmp_path / "cache"
     records = [{"caption": "a red circle"}] * 5
     write_embedding_cache(records, encoder, str(out_dir), batch_size=4, progress=False)
-
-    class Broken(list):
-        def __getitem__(self, i):
-            if i == 4:
-                raise RuntimeError("disk on fire")
-            return super().__getitem__(i)
-
-    with pytest.raises(FileExistsError, match="overwrite"):
-        write_embedding_cache(records, encoder, str(out_dir), progress=False)
-    with pytest.raises(RuntimeError, match="disk on fire"):
-        write_embedding_cache(Broken(records), encoder, str(out_dir), batch_size=4, overwrite=True, progress=False)
-    assert sorted(os.listdir(tmp_path)) == ["cache"] and len(EmbeddingCacheSource(str(out_dir))) == 5
+    before = _files(out_dir)
+    assert write_embedding_cache(records, encoder, str(out_dir), batch_size=4, progress=False)["count"] == 5
+    assert _files(out_dir) == before  # the same cache again: left as it is
+    with pytest.raises(FileExistsError, match="count: 5 there, 2 here.*overwrite"):
+        write_embedding_cache(records[:2], encoder, str(out_dir), progress=False)
     write_embedding_cache(records[:2], encoder, str(out_dir), batch_size=4, overwrite=True, progress=False)
     assert sorted(os.listdir(tmp_path)) == ["cache"] and len(EmbeddingCacheSource(str(out_dir))) == 2
 
@@ -77,11 +112,60 @@ def test_interrupted_write_leaves_no_cache_and_existing_cache_is_kept(tmp_path, 
         write_embedding_cache([{"text": "x"}], encoder, str(tmp_path / "other"), progress=False)
     with pytest.raises(ValueError, match="float16"):
         write_embedding_cache(records, encoder, str(tmp_path / "other"), dtype="float32")
-    assert sorted(os.listdir(tmp_path)) == ["cache"]
 
 
-def _prepare_tiny_tfds_dataset(data_dir):
-    """A two-split TFDS ArrayRecord dataset with image and caption features, built without TensorFlow."""
+KILLED_WRITER = """
+import sys, time
+from imagen_jax.text import load_text_encoder
+from imagen_jax.text.embedding_cache import write_embedding_cache
+
+class Slow(list):
+    def __getitems__(self, indices):
+        time.sleep(0.3)
+        return [self[i] for i in indices]
+
+records = Slow({"caption": f"{i} red circles"} for i in range(40))
+encoder = load_text_encoder("tiny-random-byt5", max_length=16, dtype="float32")
+write_embedding_cache(records, encoder, sys.argv[1], batch_size=8, records_per_file=16, progress=False)
+"""
+
+
+def test_killed_write_resumes_to_the_same_cache(tmp_path, encoder):
+    """SIGKILL part-way (a half-written file left behind): the rerun removes it, writes the
+    missing files only, and the cache equals an uninterrupted one byte for byte."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    records = [{"caption": f"{i} red circles"} for i in range(40)]
+    settings = dict(batch_size=8, records_per_file=16, progress=False)  # 2 batches per file, 3 files
+    straight = tmp_path / "straight"
+    write_embedding_cache(records, encoder, str(straight), **settings)
+
+    out = tmp_path / "cache"
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_WRITER, str(out)], stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+
+    def half_written():
+        return [n for n in os.listdir(out) if ".tmp-" in n] if out.exists() else []
+
+    while not ((out / "text_embeddings-00000-of-00003.array_record").exists() and half_written()):
+        assert proc.poll() is None, proc.stderr.read()[-3000:]
+        assert time.time() < deadline, "no cache file appeared"
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    left = sorted(os.listdir(out))
+    assert "metadata.json" not in left and "text_embeddings-00002-of-00003.array_record" not in left
+    assert half_written()  # the file being written when it was killed
+    write_embedding_cache(records, encoder, str(out), **settings)
+    assert _files(out) == _files(straight)  # the half-written file is gone
+
+
+@functools.cache
+def _tiny_captions_builder():
+    """The builder class, defined once (TFDS registers every builder class by name)."""
     import tensorflow_datasets as tfds
 
     class TinyCaptions(tfds.core.GeneratorBasedBuilder):
@@ -98,7 +182,12 @@ def _prepare_tiny_tfds_dataset(data_dir):
             for i in range(n):
                 yield i, {"image": np.full((4, 4, 3), 40 * i, np.uint8), "caption": f"{i} red circles"}
 
-    builder = TinyCaptions(data_dir=str(data_dir), file_format="array_record")
+    return TinyCaptions
+
+
+def _prepare_tiny_tfds_dataset(data_dir):
+    """A two-split TFDS ArrayRecord dataset with image and caption features, built without TensorFlow."""
+    builder = _tiny_captions_builder()(data_dir=str(data_dir), file_format="array_record")
     builder.download_and_prepare()
     return builder
 
@@ -123,4 +212,67 @@ def test_embed_command_caches_a_tfds_dataset(tmp_path, encoder, capsys):
     assert cli.main([*argv, "--splits", "validation"]) == 2
     assert "imagen-jax embed: error: Unknown split" in capsys.readouterr().err
     capsys.readouterr()
-    assert cli.main(argv) == 2 and "--overwrite" in capsys.readouterr().err
+    assert cli.main(argv) == 0  # complete: left as it is
+    assert cli.main([*argv[:-1], "float16"]) == 2 and "--overwrite" in capsys.readouterr().err
+
+
+def test_two_process_embed_equals_one_process_embed(tmp_path):
+    """`imagen-jax embed` on 2 processes (gloo; the encoder FSDP-sharded over both, each
+    process writing its own files, one process idling through the other's extra batch)
+    writes the cache a single process writes, byte for byte."""
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    dataset_dir = str(_prepare_tiny_tfds_dataset(tmp_path / "tfds").data_dir)
+    args = ["--dataset-dir", dataset_dir, "--splits", "train", "--max-length", "16", "--records-per-file", "2"]
+
+    def embed(cache_root, processes, devices, batch_size):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+        env["PYTHONPATH"] = str(repo)
+        if processes > 1:
+            env.update(IMAGEN_JAX_COORDINATOR=f"127.0.0.1:{port}", IMAGEN_JAX_NUM_PROCESSES=str(processes))
+            env.update(JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo")
+        # The cache goes beside the dataset; copy the dataset so each run has its own.
+        import shutil
+
+        root = tmp_path / cache_root
+        shutil.copytree(dataset_dir, root)
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "imagen_jax.cli",
+                    "embed",
+                    *args[:1],
+                    str(root),
+                    *args[2:],
+                    "--batch-size",
+                    batch_size,
+                ],
+                env=dict(env, IMAGEN_JAX_PROCESS_ID=str(i)) if processes > 1 else env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(processes)
+        ]
+        for p in procs:
+            out, err = p.communicate(timeout=600)
+            assert p.returncode == 0, err[-3000:]
+        return root / "text_embeddings" / "tiny-random-byt5" / "train"
+
+    # The same global batch of 4 (2 rows per device): each device computes what it computed before.
+    one = embed("one", processes=1, devices=2, batch_size="4")
+    two = embed("two", processes=2, devices=1, batch_size="2")
+    assert sorted(os.listdir(one)) == ["metadata.json"] + [
+        f"text_embeddings-0000{i}-of-00003.array_record" for i in range(3)
+    ]
+    assert _files(one) == _files(two)
+    assert len(EmbeddingCacheSource(str(two))) == 5

@@ -1,5 +1,6 @@
 """The Flax T5 encoder without torch: masking, loading errors, logical axes, freezing, sharding."""
 
+import functools
 import json
 
 import flax.linen as nn
@@ -288,3 +289,45 @@ def test_sharded_loader_places_each_tensor_on_its_shards_and_reads_no_decoder_te
         np.testing.assert_array_equal(np.asarray(x), y)  # bit-identical
     assert sharded["layers_0"]["mlp"]["wo"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp", None)
     assert sharded["token_embedding"]["embedding"].sharding.spec != jax.sharding.PartitionSpec()
+
+
+@pytest.mark.parametrize(
+    "name, path, index",
+    [  # a shard along the stored tensor's rows reads only those rows
+        ("shared.weight", ("token_embedding", "embedding"), (slice(16, 32), slice(None))),
+        ("encoder.block.1.layer.0.SelfAttention.q.weight", ("layers_1", "attention", "query", "kernel"),
+         (slice(None), slice(1, 3), slice(None))),
+        ("encoder.block.0.layer.1.DenseReluDense.wi_0.weight", ("layers_0", "mlp", "wi_0", "kernel"),
+         (slice(None), slice(12, 24))),
+        ("encoder.block.0.layer.0.SelfAttention.o.weight", ("layers_0", "attention", "out", "kernel"),
+         (slice(None), slice(None), slice(8, 16))),
+        # a shard along the stored tensor's columns reads whole rows
+        ("encoder.block.0.layer.1.DenseReluDense.wo.weight", ("layers_0", "mlp", "wo", "kernel"),
+         (slice(12, 24), slice(None))),
+    ],
+)  # fmt: skip
+def test_param_view_reads_only_the_rows_a_shard_needs(params, name, path, index):
+    """A device's shard of a parameter, read from its stored HF tensor, equals that slice of
+    the whole parameter, and reads the stored rows it needs (all rows only for wo, which is
+    stored transposed to its split)."""
+    from imagen_jax.text.hf_checkpoint import ParamView, StoredTensor, hf_state_dict, hf_to_params_rules
+
+    stored_array = hf_state_dict(params, CONFIG)[name]
+    requests = []
+
+    def read_rows(begin, end):
+        requests.append((begin, end))
+        return stored_array[begin:end]
+
+    stored = StoredTensor(stored_array.shape, stored_array.dtype, read_rows)
+    layout = hf_to_params_rules(CONFIG)[name][1]
+    view = ParamView(stored, layout, CONFIG, np.float32)
+    whole = np.asarray(functools.reduce(lambda node, key: node[key], path, params))
+    np.testing.assert_array_equal(view[index], whole[index])
+    rows_read = sum(end - begin for begin, end in requests)
+    if name.endswith("wo.weight"):
+        assert rows_read == stored_array.shape[0]
+    else:
+        assert 0 < rows_read <= stored_array.shape[0] // 2
+    view[index]
+    assert len(requests) == 1  # each row range is read once

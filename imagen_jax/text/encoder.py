@@ -42,9 +42,10 @@ def logical_param_shardings(config: T5EncoderConfig, mesh: Mesh, rules) -> Any:
 
 
 def sharded_placer(mesh: Mesh, rules=None):
-    """place_for(config) -> (place(path, array) -> jax.Array on its shards): the parameters
+    """place_for(config) -> (place(path, view) -> jax.Array on its shards): the parameters
     FSDP-sharded on `mesh` by the UNets' logical rules (parallel.logical_shardings; default
-    parallel.DEFAULT_RULES); each process puts only the slices its devices hold."""
+    parallel.DEFAULT_RULES); each process reads (view[index], hf_checkpoint.ParamView) and
+    puts only the slices its devices hold."""
     from imagen_jax.parallel import DEFAULT_RULES, logical_shardings
 
     def place_for(config: T5EncoderConfig):
@@ -184,14 +185,51 @@ def load_text_encoder(
         kwargs = dict(max_length=max_length, dtype=dtype, param_shardings=shardings, **encoder_kwargs)
         tokenizer = word_tokenizer(WORDS) if recipe.tokenizer == "words" else byt5_tokenizer()
         return TextEncoder(name_or_path, recipe.config, params, tokenizer, **kwargs)
-    is_dir = storage.is_remote(name_or_path) or os.path.isdir(name_or_path)
+    is_dir = _is_checkpoint_dir(name_or_path)
     checkpoint_dir = name_or_path if is_dir else download_checkpoint(name_or_path)
     config, params = load_hf_checkpoint(checkpoint_dir, param_dtype, place_for)
     if place_for is not None:
         encoder_kwargs = dict(encoder_kwargs, param_shardings=jax.tree.map(lambda x: x.sharding, params))
-    name = storage.name(name_or_path) if is_dir else name_or_path.replace("/", "--")
     tokenizer = load_tokenizer(checkpoint_dir)
-    return TextEncoder(name, config, params, tokenizer, max_length=max_length, dtype=dtype, **encoder_kwargs)
+    return TextEncoder(
+        encoder_name(name_or_path), config, params, tokenizer, max_length=max_length, dtype=dtype, **encoder_kwargs
+    )
+
+
+def _is_checkpoint_dir(name_or_path: str) -> bool:
+    return storage.is_remote(name_or_path) or os.path.isdir(name_or_path)
+
+
+def encoder_name(name_or_path: str) -> str:
+    """The name a TextEncoder loaded from `name_or_path` has (it names its embedding cache),
+    known without loading it: a built-in name as is, a directory's last component, a hub
+    id with '/' as '--'."""
+    if name_or_path in BUILTIN_ENCODERS:
+        return name_or_path
+    if _is_checkpoint_dir(name_or_path):
+        return storage.name(name_or_path)
+    return name_or_path.replace("/", "--")
+
+
+def encoder_config(name_or_path: str) -> T5EncoderConfig:
+    """The shape of the encoder `name_or_path` names, without reading its weights: a built-in's,
+    a checkpoint directory's config.json, or for a hub id of a public T5 v1.1 / Flan-T5
+    checkpoint (google/t5-v1_1-xxl, google/flan-t5-xl, ...) its known shape."""
+    from imagen_jax.text.config import T5_V1_1_CONFIGS
+    from imagen_jax.text.hf_checkpoint import read_hf_config
+
+    if name_or_path in BUILTIN_ENCODERS:
+        return BUILTIN_ENCODERS[name_or_path].config
+    if _is_checkpoint_dir(name_or_path):
+        return read_hf_config(name_or_path)
+    size = name_or_path.rsplit("-", 1)[-1]
+    if name_or_path in (f"google/t5-v1_1-{size}", f"google/flan-t5-{size}") and f"t5-v1_1-{size}" in T5_V1_1_CONFIGS:
+        return T5_V1_1_CONFIGS[f"t5-v1_1-{size}"]
+    raise ValueError(
+        f"The shape of text encoder {name_or_path!r} is not known without its checkpoint: pass a local "
+        "checkpoint directory (its config.json is enough), a built-in name, or a google/t5-v1_1-* or "
+        "google/flan-t5-* hub id."
+    )
 
 
 def download_checkpoint(hub_id: str) -> str:

@@ -38,41 +38,105 @@ _SAFETENSORS_DTYPES = {
     "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8, "BOOL": np.bool_,
 }  # fmt: skip
 
-# How one HF tensor becomes one of our parameters: (our path, transform of the HF array).
-_Rule = tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarray]]
-
-
-def _identity(w):
-    return w
+# How one HF tensor becomes one of our parameters: (our path, layout kind), see ParamView.
+_Rule = tuple[tuple[str, ...], str]
 
 
 def hf_to_params_rules(config: T5EncoderConfig) -> dict[str, _Rule]:
-    """HF tensor name -> (our parameter path, array transform) for every encoder weight.
+    """HF tensor name -> (our parameter path, layout) for every encoder weight.
 
-    torch Linear weights are [out, in]; ours are [in, out] (attention split into heads).
+    torch Linear weights are [out, in]; ours are [in, out] (attention split into heads):
+    "same" (as stored), "transpose" ([out, in] -> [in, out]), "split_heads" ([h*k, d] ->
+    [d, h, k]), "merge_heads" ([d, h*k] -> [h, k, d]).
     """
-    h, k, d = config.num_heads, config.d_kv, config.d_model
-    split_heads = lambda w: w.T.reshape(d, h, k)  # noqa: E731  [h*k, d] -> [d, h, k]
-    merge_heads = lambda w: w.T.reshape(h, k, d)  # noqa: E731  [d, h*k] -> [h, k, d]
     rules: dict[str, _Rule] = {
-        "shared.weight": (("token_embedding", "embedding"), _identity),
+        "shared.weight": (("token_embedding", "embedding"), "same"),
         "encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight": (
             ("relative_position_bias", "embedding"),
-            _identity,
+            "same",
         ),
-        "encoder.final_layer_norm.weight": (("final_norm", "scale"), _identity),
+        "encoder.final_layer_norm.weight": (("final_norm", "scale"), "same"),
     }
     ff_names = ("wi_0", "wi_1") if config.is_gated else ("wi",)
     for i in range(config.num_layers):
         hf, ours = f"encoder.block.{i}.layer", f"layers_{i}"
         for hf_name, name in (("q", "query"), ("k", "key"), ("v", "value")):
-            rules[f"{hf}.0.SelfAttention.{hf_name}.weight"] = ((ours, "attention", name, "kernel"), split_heads)
-        rules[f"{hf}.0.SelfAttention.o.weight"] = ((ours, "attention", "out", "kernel"), merge_heads)
-        rules[f"{hf}.0.layer_norm.weight"] = ((ours, "attention_norm", "scale"), _identity)
+            rules[f"{hf}.0.SelfAttention.{hf_name}.weight"] = ((ours, "attention", name, "kernel"), "split_heads")
+        rules[f"{hf}.0.SelfAttention.o.weight"] = ((ours, "attention", "out", "kernel"), "merge_heads")
+        rules[f"{hf}.0.layer_norm.weight"] = ((ours, "attention_norm", "scale"), "same")
         for name in (*ff_names, "wo"):
-            rules[f"{hf}.1.DenseReluDense.{name}.weight"] = ((ours, "mlp", name, "kernel"), np.transpose)
-        rules[f"{hf}.1.layer_norm.weight"] = ((ours, "mlp_norm", "scale"), _identity)
+            rules[f"{hf}.1.DenseReluDense.{name}.weight"] = ((ours, "mlp", name, "kernel"), "transpose")
+        rules[f"{hf}.1.layer_norm.weight"] = ((ours, "mlp_norm", "scale"), "same")
     return rules
+
+
+class StoredTensor:
+    """One checkpoint tensor, read on demand: `rows(begin, end)` reads only those rows of
+    the stored (row-major) array; each range is read once (kept while this object lives)."""
+
+    def __init__(self, shape: tuple[int, ...], dtype, read_rows: Callable[[int, int], np.ndarray]):
+        self.shape, self.dtype, self._read_rows, self._read = tuple(shape), np.dtype(dtype), read_rows, {}
+
+    @classmethod
+    def in_memory(cls, array: np.ndarray) -> StoredTensor:
+        array = np.asarray(array)
+        return cls(array.shape, array.dtype, lambda begin, end: array[begin:end])
+
+    def rows(self, begin: int, end: int) -> np.ndarray:
+        if (begin, end) not in self._read:
+            self._read[(begin, end)] = self._read_rows(begin, end)
+        return self._read[(begin, end)]
+
+
+def _bounds(index: slice, size: int) -> tuple[int, int]:
+    r = range(size)[index]
+    return (r.start, r.stop) if r.step == 1 else (0, size)
+
+
+class ParamView:
+    """One of our parameters as a view of its stored HF tensor: `view[index]` (a tuple of
+    slices, as jax.make_array_from_callback asks for a device's shard) reads only the
+    stored rows that the shard needs, in `dtype`; np.asarray(view) reads it whole.
+
+    A shard split along the stored tensor's first axis reads just its rows; one split along
+    its second axis (e.g. our wo [mlp, embed] split on mlp is stored [embed, mlp]) reads
+    whole rows, each row range once per process."""
+
+    def __init__(self, stored: StoredTensor, layout: str, config: T5EncoderConfig, dtype):
+        self.stored, self.layout, self.dtype = stored, layout, np.dtype(dtype)
+        h, k = config.num_heads, config.d_kv
+        self._hk = (h, k)
+        rows, cols = (stored.shape + (1, 1))[:2]
+        self.shape = {
+            "same": stored.shape,
+            "transpose": stored.shape[::-1],
+            "split_heads": (cols, h, k) if rows == h * k else (cols, rows),
+            "merge_heads": (h, k, rows) if cols == h * k else (cols, rows),
+        }[layout]
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, index) -> np.ndarray:
+        index = tuple(index) + (slice(None),) * (self.ndim - len(tuple(index)))
+        h, k = self._hk
+        if self.layout == "same":
+            begin, end = _bounds(index[0], self.shape[0]) if self.ndim else (0, 0)
+            value = self.stored.rows(begin, end) if self.ndim else self.stored.rows(0, 1)
+            value = value[(slice(0, end - begin),) + index[1:]] if self.ndim else value
+        elif self.layout == "transpose":  # ours [a, b] = stored [b, a].T
+            begin, end = _bounds(index[1], self.shape[1])
+            value = self.stored.rows(begin, end)[:, index[0]].T
+        elif self.layout == "split_heads":  # ours [d, h, k] = stored [h*k, d].T, heads major
+            begin, end = _bounds(index[1], h)
+            value = self.stored.rows(begin * k, end * k)[:, index[0]].T
+            value = value.reshape(value.shape[0], end - begin, k)[:, :, index[2]]
+        else:  # merge_heads: ours [h, k, d] = stored [d, h*k].T
+            begin, end = _bounds(index[2], self.shape[2])
+            value = self.stored.rows(begin, end).T.reshape(h, k, end - begin)[index[0], index[1]]
+        return np.ascontiguousarray(value.astype(self.dtype))
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        value = self[(slice(None),) * self.ndim]
+        return value if dtype is None else value.astype(dtype)
 
 
 def read_hf_config(checkpoint_dir: str) -> T5EncoderConfig:
@@ -104,11 +168,11 @@ def _weight_files(checkpoint_dir: str) -> tuple[list[str], str]:
     )
 
 
-def _iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
-    """The tensors of a .safetensors file (local or gs://) in file order, each read by itself
-    (the format: u64 little-endian header size N, an N-byte JSON header of
-    {name: {dtype, shape, data_offsets: [begin, end]}}, then the data); decoder tensors
-    are skipped without being read."""
+def _iter_safetensors(path: str) -> Iterator[tuple[str, StoredTensor]]:
+    """The tensors of a .safetensors file (local or gs://) in file order, each a
+    StoredTensor that reads its rows with ranged reads when asked (the format: u64
+    little-endian header size N, an N-byte JSON header of {name: {dtype, shape,
+    data_offsets: [begin, end]}}, then the data, row-major); decoder tensors are skipped."""
     with storage.path(path).open("rb") as f:
         (size,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(size))
@@ -121,12 +185,20 @@ def _iter_safetensors(path: str) -> Iterator[tuple[str, np.ndarray]]:
                 raise ValueError(
                     f"{path}: tensor {name} has dtype {entry['dtype']}, which the T5 loader does not read."
                 )
-            begin, end = entry["data_offsets"]
-            f.seek(start + begin)
-            data = f.read(end - begin)
-            if len(data) != end - begin:
-                raise ValueError(f"{path} is truncated (tensor {name}); download it again.")
-            yield name, np.frombuffer(data, _SAFETENSORS_DTYPES[entry["dtype"]]).reshape(entry["shape"])
+            dtype, shape = np.dtype(_SAFETENSORS_DTYPES[entry["dtype"]]), tuple(entry["shape"])
+            begin = start + entry["data_offsets"][0]
+            row_bytes = dtype.itemsize * int(np.prod(shape[1:], dtype=np.int64))
+            if entry["data_offsets"][1] - entry["data_offsets"][0] != row_bytes * (shape[0] if shape else 1):
+                raise ValueError(f"{path}: tensor {name}'s size does not match its shape {shape}; download it again.")
+
+            def read_rows(first, last, f=f, begin=begin, row_bytes=row_bytes, dtype=dtype, shape=shape, name=name):
+                f.seek(begin + first * row_bytes)
+                data = f.read((last - first) * row_bytes if shape else dtype.itemsize)
+                if len(data) != ((last - first) * row_bytes if shape else dtype.itemsize):
+                    raise ValueError(f"{path} is truncated (tensor {name}); download it again.")
+                return np.frombuffer(data, dtype).reshape(((last - first),) + shape[1:] if shape else ())
+
+            yield name, StoredTensor(shape, dtype, read_rows)
 
 
 def _iter_torch_bin(path: str) -> Iterator[tuple[str, np.ndarray]]:
@@ -140,11 +212,12 @@ def _iter_torch_bin(path: str) -> Iterator[tuple[str, np.ndarray]]:
     with storage.path(path).open("rb") as f:
         state = torch.load(f, map_location="cpu", weights_only=True)
     for name, tensor in state.items():
-        yield name, tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy()
+        yield name, StoredTensor.in_memory(tensor.float().numpy() if tensor.dtype == torch.bfloat16 else tensor.numpy())
 
 
-def iter_hf_tensors(checkpoint_dir: str) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, numpy array) for every tensor of the checkpoint, one at a time (bounded host memory)."""
+def iter_hf_tensors(checkpoint_dir: str) -> Iterator[tuple[str, StoredTensor]]:
+    """(name, StoredTensor) for every encoder tensor of the checkpoint, one at a time, read
+    on demand (bounded host memory)."""
     files, fmt = _weight_files(checkpoint_dir)
     read = _iter_safetensors if fmt == "safetensors" else _iter_torch_bin
     for path in files:
@@ -154,16 +227,18 @@ def iter_hf_tensors(checkpoint_dir: str) -> Iterator[tuple[str, np.ndarray]]:
 
 
 def params_from_hf_tensors(
-    tensors: Iterator[tuple[str, np.ndarray]] | dict[str, np.ndarray],
+    tensors: Iterator[tuple[str, StoredTensor | np.ndarray]] | dict[str, np.ndarray],
     config: T5EncoderConfig,
     param_dtype: Any = np.float32,
-    place: Callable[[tuple[str, ...], np.ndarray], Any] | None = None,
+    place: Callable[[tuple[str, ...], ParamView], Any] | None = None,
 ) -> dict[str, Any]:
     """Our T5Encoder params (nested dict of numpy arrays in `param_dtype`) from HF tensors.
 
-    place(path, array): where each parameter goes as soon as it is read (e.g. onto its
-    shards on a mesh), so that host memory holds one tensor at a time; default: kept as numpy.
-    Raises ValueError listing every missing and unexpected encoder weight, and every shape mismatch.
+    place(path, view): where each parameter goes as soon as it is met (e.g. onto its shards
+    on a mesh), reading from its ParamView only what it needs (view[index]: the rows of one
+    shard), so that host memory holds at most one tensor at a time; default: read whole,
+    kept as numpy. Raises ValueError listing every missing and unexpected encoder weight,
+    and every shape mismatch.
     """
     rules = hf_to_params_rules(config)
     expected_shapes = param_shapes(config)
@@ -181,17 +256,17 @@ def params_from_hf_tensors(
         if name not in rules:
             unexpected.append(name)
             continue
-        path, transform = rules[name]
-        value = np.asarray(transform(np.asarray(array)))
-        if value.shape != expected_shapes[path]:
-            bad_shapes.append(f"{name}: {tuple(np.shape(array))} does not give {expected_shapes[path]}")
+        path, layout = rules[name]
+        stored = array if isinstance(array, StoredTensor) else StoredTensor.in_memory(array)
+        view = ParamView(stored, layout, config, param_dtype)
+        if view.shape != expected_shapes[path]:
+            bad_shapes.append(f"{name}: {stored.shape} does not give {expected_shapes[path]}")
             found.add(name)
             continue
         node = params
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        value = value.astype(param_dtype)
-        node[path[-1]] = value if place is None else place(path, value)
+        node[path[-1]] = np.asarray(view) if place is None else place(path, view)
         found.add(name)
     missing = sorted(set(rules) - found, key=_natural_key)
     if missing or unexpected or bad_shapes:
