@@ -212,6 +212,23 @@ def rmtree(p: str | os.PathLike) -> None:
         target.rmtree()
 
 
+def move_tree(source: str | os.PathLike, target: str | os.PathLike) -> str:
+    """Move a folder and everything under it to `target` (not there yet): locally one rename;
+    on gs:// (no rename) each object copied, then the source deleted."""
+    source, target = path(source), path(target)
+    if not is_remote(source) and not is_remote(target):
+        os.rename(source, target)
+        return os.fspath(target)
+    for item in sorted(source.rglob("*")):
+        if item.is_dir():
+            continue
+        destination = target / os.path.relpath(os.fspath(item), os.fspath(source))
+        with item.open("rb") as src, destination.open("wb") as dst:
+            shutil.copyfileobj(src, dst, length=16 << 20)
+    rmtree(source)
+    return os.fspath(target)
+
+
 def upload_tree(local_dir: str, remote_dir: str | os.PathLike, *, last: Sequence[str] = ()) -> None:
     """Copy every file under `local_dir` to `remote_dir` (same relative paths). Files
     named in `last` (a directory's commit marker: dataset_info.json, metadata.json) are

@@ -213,6 +213,43 @@ def test_cache_mode_never_loads_the_encoder_it_does_not_use(straight_run, data_d
     assert np.isfinite(metrics["loss"])
 
 
+def test_unreadable_latest_checkpoint_is_moved_aside_and_the_one_before_resumes(straight_run, data_dir, tmp_path):
+    """A committed checkpoint with a truncated array file (a partial copy, a disk error):
+    --no-checkpoint-fallback stops naming it; by default it is moved aside (kept) and the run
+    resumes from the checkpoint before, to the params of the uninterrupted run; sampling
+    from it stops with the same reason."""
+    import shutil
+
+    from imagen_jax.pipeline.stage_params import load_ema_params
+    from imagen_jax.train.checkpoints import CheckpointUnreadableError
+
+    workdir = tmp_path / "copy"
+    shutil.copytree(straight_run, workdir)
+    assert committed_steps(workdir)[-3:] == [6, 9, 12]
+    shutil.rmtree(workdir / "checkpoints" / "12")  # as if the run had stopped after saving step 9
+    files = [p for p in (workdir / "checkpoints" / "9" / "state").rglob("*") if p.is_file()]
+    biggest = max(files, key=lambda p: p.stat().st_size)
+    os.truncate(biggest, biggest.stat().st_size // 2)
+
+    overrides = tiny_overrides(data_dir, steps=12)
+    config = json.loads((workdir / "config.json").read_text())
+    with pytest.raises(CheckpointUnreadableError, match=r"step 9 .* does not restore .*earlier step \(it has \[6\]\)"):
+        load_ema_params(str(workdir), config)
+    stopped = subprocess.run(
+        train_cmd(workdir, overrides, "--no-checkpoint-fallback"), env=env(), cwd=REPO, capture_output=True, text=True
+    )
+    assert stopped.returncode == 2 and "checkpoint step 9 at" in stopped.stderr, stopped.stderr[-3000:]
+    assert committed_steps(workdir)[-1] == 9  # left where it was
+
+    resumed = run_train(workdir, overrides)
+    assert re.search(r"checkpoint step 9 does not restore \(.+\); moved it aside to .*unreadable-9-", resumed.stderr)
+    assert len(list((workdir / "checkpoints").glob("unreadable-9-*/state"))) == 1  # kept, not deleted
+    a, _ = saved_params(straight_run, 12)
+    b, _ = saved_params(workdir, 12)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
 def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
     workdir = tmp_path / "preempted"
     proc = subprocess.Popen(

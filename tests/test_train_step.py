@@ -208,3 +208,26 @@ def test_tokens_batch_without_text_encoder_is_refused():
     batch["text_tokens"] = np.zeros((8, TEXT_LEN), np.int32)
     with pytest.raises(ValueError, match="text_encoder"):
         step(state, batch, jax.random.key(0))
+
+
+def test_logged_flops_count_every_micro_batch():
+    """The trainer's TFLOP/s and MFU come from program.flops_per_device: with 2 micro-batches
+    it is the whole batch's count (XLA's cost analysis alone counts the loop body once)."""
+    from imagen_jax.config import apply_overrides, load_config
+    from imagen_jax.parallel import make_mesh as mesh_of
+    from imagen_jax.train.program import compile_training
+
+    from pathlib import Path
+
+    config = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "shapes_base32.py"))
+    apply_overrides(
+        config,
+        ["model.channels=8", "model.channel_mult=(1,2)", "model.head_dim=8", "model.embed_dim=32",
+         "model.noise_sinusoid_dim=16", "model.norm_groups=4", "model.text_pool_heads=2", "data.max_text_length=8"],
+    )  # fmt: skip
+    mesh = mesh_of(data=1, fsdp=1, devices=jax.devices()[:1])
+    flops = {}
+    for accum in (1, 2):
+        config.train.grad_accum_steps = accum
+        flops[accum] = compile_training(config, mesh, DEFAULT_RULES, 8, jax.random.key(0)).flops_per_device
+    assert flops[2] == pytest.approx(flops[1], rel=0.10)

@@ -34,7 +34,7 @@ import numpy as np
 from imagen_jax.aot.tpu_slices import TpuSlice, parse_slice, topology_devices
 from imagen_jax.models import build_model, dummy_inputs
 from imagen_jax.parallel import make_mesh, rules_from_config
-from imagen_jax.train.program import encodes_tokens, lower_training
+from imagen_jax.train.program import encodes_tokens, flops_per_device, lower_training
 from imagen_jax.train.step_text import StepTextEncoder
 
 
@@ -206,11 +206,10 @@ def compile_check(config, topology: str | TpuSlice, *, global_batch: int | None 
 
     costs = compiled.cost_analysis()
     costs = (costs[0] if isinstance(costs, (list, tuple)) else costs) or {}
-    # XLA's cost analysis counts a while loop's body once, and gradient accumulation is a loop
-    # over the micro-batches: scale by their number (which also counts the optimizer update,
-    # outside the loop, that many times; a small overcount, so the roofline stays a bound).
+    # Counted per micro-batch by XLA (a loop body once): scaled by their number, as the trainer's
+    # logged TFLOP/s and MFU are (program.flops_per_device).
     loops = report.grad_accum_steps
-    report.flops_per_chip = loops * float(costs.get("flops", 0.0))
+    report.flops_per_chip = flops_per_device(compiled, loops)
     report.bytes_accessed_per_chip = loops * float(costs.get("bytes accessed", 0.0))
     optimal = loops * float(costs.get("optimal_seconds", -1.0))
     report.xla_step_s = optimal if optimal > 0 else None

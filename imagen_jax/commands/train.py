@@ -25,6 +25,11 @@ def add_parser(subparsers) -> None:
         "--override", action="store_true", help="continue a workdir whose saved config differs from this one"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    parser.add_argument(
+        "--no-checkpoint-fallback",
+        action="store_true",
+        help="stop when the latest checkpoint does not restore (default: move it aside, resume from the one before)",
+    )
     parser.set_defaults(run=run, accepts_config_overrides=True)
 
 
@@ -34,7 +39,13 @@ def run(args) -> int:
 
     log_to_stderr(logging.INFO)
     config = apply_overrides(load_config(args.config), args.config_overrides)
-    metrics = train(config, args.workdir, override=args.override, progress=not args.no_progress)
+    metrics = train(
+        config,
+        args.workdir,
+        override=args.override,
+        progress=not args.no_progress,
+        checkpoint_fallback=not args.no_checkpoint_fallback,
+    )
     if metrics:
         print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return 0

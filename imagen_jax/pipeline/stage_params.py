@@ -64,15 +64,25 @@ def load_ema_params(workdir: str, config: dict, step: int | None = None, *, mesh
     mesh = mesh if mesh is not None else make_mesh(data=1, fsdp=-1)
     shapes, shardings = param_shardings(config, mesh)
     target = jax.tree.map(lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes, shardings)
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        restored = checkpointer.restore(
-            directory / str(step) / "state",
-            args=ocp.args.PyTreeRestore(
-                {"ema_params": target},
-                restore_args={"ema_params": ocp.checkpoint_utils.construct_restore_args(target)},
-                partial_restore=True,
-            ),
-        )
+    try:
+        with ocp.PyTreeCheckpointer() as checkpointer:
+            restored = checkpointer.restore(
+                directory / str(step) / "state",
+                args=ocp.args.PyTreeRestore(
+                    {"ema_params": target},
+                    restore_args={"ema_params": ocp.checkpoint_utils.construct_restore_args(target)},
+                    partial_restore=True,
+                ),
+            )
+    except Exception as error:  # a truncated or missing array file, a partial copy
+        from imagen_jax.train.checkpoints import CheckpointUnreadableError, unreadable_reason
+
+        earlier = sorted(s for s in steps if s < step)
+        raise CheckpointUnreadableError(
+            f"checkpoint step {step} of {workdir!r} does not restore ({unreadable_reason(error)}). Resume "
+            "training there once (`imagen-jax train` moves an unreadable latest checkpoint aside)"
+            + (f", or sample from an earlier step (it has {earlier})." if earlier else ".")
+        ) from error
     params = restored["ema_params"]
     if dtype is not None:
         params = cast_floating(params, dtype, shardings)

@@ -7,16 +7,44 @@ TrainState (params, optimizer state, EMA, step, counters); `data` the Grain iter
 state (one JSON per process); `config` the run's config as JSON. Orbax writes each step
 to a temporary directory and renames it when complete, so a crash mid-save never leaves
 a checkpoint that looks whole (on gs://, where there is no rename, a step counts only once
-its commit_success.txt is written).
+its commit_success.txt is written). A committed checkpoint that does not restore (a
+truncated array file, a partial copy) is moved aside to unreadable-<step>-<time> and the
+run resumes from the one before (`restore_latest`).
 """
 
 from __future__ import annotations
 
+import logging
+import time
+
 import grain
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from imagen_jax import storage
+
+log = logging.getLogger("imagen_jax.train")
+
+
+class CheckpointUnreadableError(ValueError):
+    """A checkpoint that is there (committed) but does not restore: a truncated or missing
+    array file, a partial copy, a disk error."""
+
+
+def unreadable_reason(error: BaseException) -> str:
+    """`ExceptionType: its first line`, short enough for one log line."""
+    first = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {first[:300]}"
+
+
+def _all_processes_agree(ok: bool) -> bool:
+    """True only when `ok` on every process (a checkpoint one host cannot read is unreadable)."""
+    if jax.process_count() == 1:
+        return ok
+    from jax.experimental import multihost_utils
+
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
 
 
 def abstract_like(state_shapes, shardings):
@@ -66,6 +94,48 @@ class Checkpoints:
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], restored["config"]
+
+    def restore_latest(self, abstract_state, data_iterator=None, *, fallback: bool = True):
+        """(state, step) from the newest checkpoint that restores, or (None, 0) when there is
+        none. One that does not (on any process) is named in one warning with the reason and
+        moved aside (`move_aside`, never deleted), and the one before it is tried; with
+        fallback=False the first failure raises CheckpointUnreadableError instead."""
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                state, _ = self.restore(step, abstract_state, data_iterator)
+                reason = None
+            except Exception as error:  # tensorstore, orbax, grain: any failure to read it back
+                reason = unreadable_reason(error)
+            if _all_processes_agree(reason is None):
+                return state, step
+            reason = reason or "another process could not read its part"
+            where = storage.join(self.directory, str(step))
+            if not fallback:
+                raise CheckpointUnreadableError(
+                    f"checkpoint step {step} at {where} does not restore ({reason}). Run without "
+                    "--no-checkpoint-fallback to move it aside and resume from the newest earlier checkpoint."
+                )
+            aside = self.move_aside(step)
+            log.warning("checkpoint step %d does not restore (%s); moved it aside to %s", step, reason, aside)
+        if self.all_steps() == [] and any(self.directory.glob("unreadable-*")):
+            raise CheckpointUnreadableError(
+                f"no checkpoint under {self.directory} restores; each was moved aside (unreadable-*). Run "
+                "again to start from scratch, or put a good copy of one back under its step number."
+            )
+        return None, 0
+
+    def move_aside(self, step: int) -> str:
+        """Rename checkpoint `step` to unreadable-<step>-<unix time> beside it (process 0;
+        every process waits), so that it is kept but no longer counts as a checkpoint."""
+        aside = storage.join(self.directory, f"unreadable-{step}-{int(time.time())}")
+        if jax.process_index() == 0:
+            storage.move_tree(self.directory / str(step), aside)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices(f"checkpoint_{step}_moved_aside")
+        self.manager.reload()
+        return aside
 
     def saved_config(self, step: int | None = None) -> dict | None:
         """The config stored with `step` (default: the latest), without touching the state."""

@@ -52,8 +52,12 @@ def _check_batch(config, mesh) -> None:
         )
 
 
-def train(config, workdir: str, *, override: bool = False, progress: bool = True) -> dict:
-    """Train one stage to config.train.steps; resumable. Returns the last logged metrics."""
+def train(
+    config, workdir: str, *, override: bool = False, progress: bool = True, checkpoint_fallback: bool = True
+) -> dict:
+    """Train one stage to config.train.steps; resumable. Returns the last logged metrics.
+    A latest checkpoint that does not restore is moved aside and the one before is used;
+    checkpoint_fallback=False stops with the reason instead."""
     initialize()
     workdir = os.fspath(storage.path(workdir))
     check_storage(config, workdir)
@@ -87,9 +91,10 @@ def train(config, workdir: str, *, override: bool = False, progress: bool = True
         save_every=ckpt_cfg.every,
         async_save=ckpt_cfg.get("async_save", True),
     )
-    start = checkpoints.latest_step() or 0
+    abstract_state = abstract_like(jax.eval_shape(lambda: state), shardings)
+    restored, start = checkpoints.restore_latest(abstract_state, iterator, fallback=checkpoint_fallback)
     if start:
-        state, _ = checkpoints.restore(start, abstract_like(jax.eval_shape(lambda: state), shardings), iterator)
+        state = restored
         log.info("resumed from step %d", start)
     elif config.train.get("init_from"):
         state = warm_start(config.train.init_from, state, shardings)

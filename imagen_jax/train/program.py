@@ -39,10 +39,14 @@ def abstract_batch(config, global_batch: int, text_dim: int) -> dict:
     return batch
 
 
-def _flops_per_device(compiled) -> float:
+def flops_per_device(compiled, grad_accum_steps: int = 1) -> float:
+    """FLOPs of one train step per device, from XLA's cost analysis of the compiled step.
+    XLA counts a loop's body once, and gradient accumulation is a loop over the micro-batches:
+    the count is scaled by their number (the optimizer update, outside the loop, is then
+    counted that many times: a small overcount)."""
     costs = compiled.cost_analysis()
     costs = costs[0] if isinstance(costs, (list, tuple)) else costs
-    return float((costs or {}).get("flops", 0.0))
+    return grad_accum_steps * float((costs or {}).get("flops", 0.0))
 
 
 @dataclasses.dataclass
@@ -131,5 +135,5 @@ def compile_training(config, mesh, rules, global_batch: int, init_key, text_enco
         program.batch_specs,
         program.batch_shardings,
         compiled,
-        _flops_per_device(compiled),
+        flops_per_device(compiled, int(config.train.get("grad_accum_steps", 1))),
     )

@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from imagen_jax import storage
-from imagen_jax.train.checkpoints import abstract_like
+from imagen_jax.train.checkpoints import CheckpointUnreadableError, abstract_like, unreadable_reason
 
 _ITEMS = ("params", "ema_params")
 log = logging.getLogger("imagen_jax.train")
@@ -61,11 +61,18 @@ def warm_start(source: str, state, shardings):
     saved = ocp.PyTreeCheckpointer().metadata(path).item_metadata
     _check_shapes(source, {k: saved[k] for k in _ITEMS}, {k: getattr(state, k) for k in _ITEMS})
     target = abstract_like({k: getattr(state, k) for k in _ITEMS}, {k: getattr(shardings, k) for k in _ITEMS})
-    restored = ocp.PyTreeCheckpointer().restore(
-        path,
-        args=ocp.args.PyTreeRestore(
-            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
-        ),
-    )
+    try:
+        restored = ocp.PyTreeCheckpointer().restore(
+            path,
+            args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True
+            ),
+        )
+    except Exception as error:  # a truncated or missing array file, a partial copy
+        raise CheckpointUnreadableError(
+            f"train.init_from={source!r}: its latest checkpoint (step {step}, {path}) does not restore "
+            f"({unreadable_reason(error)}). Resume that run once (`imagen-jax train` moves an unreadable latest "
+            "checkpoint aside) or copy a good checkpoint there."
+        ) from error
     log.info("params and EMA params from %s, step %d", source, step)
     return state.replace(**{k: restored[k] for k in _ITEMS})

@@ -38,14 +38,15 @@ def check_workdir_config(config, workdir: str, override: bool) -> None:
 def check_storage(config, workdir: str) -> None:
     """Every path the run will touch, checked at start-up before any compile (storage.StorageError
     names the path and the fix): the workdir is writable; the dataset's folder (writable when
-    the embedding cache is kept there), a given embedding cache, `init_from` and a T5
+    the run may write its embedding cache there), a given embedding cache, `init_from` and a T5
     directory are readable; datasets and caches on gs:// have their mount."""
     from imagen_jax.data.sources import resolve_data_dir
 
     storage.check_access(workdir, write=True)
     data_dir = resolve_data_dir(config.data.data_dir or None)
-    own_cache = not config.data.text_embedding_dir  # written beside the dataset by process 0 if missing
-    storage.check_access(data_dir, write=own_cache and jax.process_index() == 0)
+    # The embedding cache is written beside the dataset, by every process, when it is missing.
+    own_cache = not config.data.text_embedding_dir and config.data.get("text", "embedding") == "embedding"
+    storage.check_access(data_dir, write=own_cache)
     storage.local_view(data_dir)
     if not own_cache:
         storage.check_access(config.data.text_embedding_dir, write=False)
