@@ -87,6 +87,7 @@ def prepare_data(config, mesh, rules) -> str | None:
             cache_dir,
             caption_key=data.text_key,
             dtype=config.text.get("cache_dtype", "float16"),
+            progress=jax.process_index() == 0,
         )
         del encoder
     _check_text_dim(config, read_cache_metadata(cache_dir)["dim"], f"the text-embedding cache {cache_dir}")
