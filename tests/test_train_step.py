@@ -213,11 +213,11 @@ def test_tokens_batch_without_text_encoder_is_refused():
 def test_logged_flops_count_every_micro_batch():
     """The trainer's TFLOP/s and MFU come from program.flops_per_device: with 2 micro-batches
     it is the whole batch's count (XLA's cost analysis alone counts the loop body once)."""
+    from pathlib import Path
+
     from imagen_jax.config import apply_overrides, load_config
     from imagen_jax.parallel import make_mesh as mesh_of
     from imagen_jax.train.program import compile_training
-
-    from pathlib import Path
 
     config = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "shapes_base32.py"))
     apply_overrides(
