@@ -114,24 +114,6 @@ def test_tiny_config_fits_on_v4_8(tmp_path, capsys):
 
 
 @needs_libtpu
-def test_tokens_mode_compiles_the_t5_into_the_step(tmp_path, capsys):
-    """data.text=tokens: the combined T5 + UNet step (the T5's params bf16, FSDP-sharded, an
-    argument of the step) is compiled for the slice, and the report counts the encoder."""
-    out = tmp_path / "report.json"
-    tokens = ["--config.data.text=tokens", "--config.text.encoder=tiny-random-byt5", "--config.model.text_dim=256"]
-    rc = main(["compile-check", *TINY, *tokens, "--topology", "v4-8", "--batch-size", "16", "--output", str(out)])
-    printed = capsys.readouterr().out
-    assert rc == 0, printed
-    assert "text encoder  tiny-random-byt5" in printed and "T5 forward" in printed
-    report = json.loads(out.read_text())
-    assert report["text_encoder"] == "tiny-random-byt5" and report["text_params"] > 2_000_000
-    # bf16, split over the 2-way fsdp axis: about half of 2 bytes per param on each chip.
-    assert report["text_params"] * 2 / 2 <= report["text_param_bytes_per_chip"] < report["text_params"] * 2 * 0.6
-    assert report["argument_bytes"] >= report["state_bytes_per_chip"] + report["text_param_bytes_per_chip"]
-    assert 0 < report["text_flops_per_step"] < report["model_flops_per_step"]
-
-
-@needs_libtpu
 def test_huge_batch_does_not_fit(tmp_path, capsys):
     out = tmp_path / "report.json"
     rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch-size", "65536", "--output", str(out)])
@@ -172,10 +154,15 @@ def test_format_report_of_recorded_paper_results():
     assert f"DOES NOT FIT: over by {refused.over_by_bytes / GIB:.2f} GiB" in table and "CompileTimeHbmOom" in table
 
 
+TOKENS = ["--config.data.text=tokens", "--config.text.encoder=tiny-random-byt5", "--config.model.text_dim=256"]
+
+
 @needs_libtpu
-def test_accumulated_step_counts_every_micro_batch(tmp_path):
+def test_accumulated_step_counts_every_micro_batch(tmp_path, capsys):
     """XLA's cost analysis counts a loop body once; with 2 micro-batches the reported FLOPs
-    and bytes must still be those of the whole batch (about the un-accumulated step's)."""
+    and bytes must still be those of the whole batch (about the un-accumulated step's).
+    In text mode tokens (data.text=tokens): the combined T5 + UNet step, the T5's params
+    bf16 and FSDP-sharded, an argument of the step, counted in the report."""
     reports = {}
     for accum in (1, 2):
         out = tmp_path / f"accum{accum}.json"
@@ -183,6 +170,7 @@ def test_accumulated_step_counts_every_micro_batch(tmp_path):
             [
                 "compile-check",
                 *TINY,
+                *TOKENS,
                 f"--config.train.grad_accum_steps={accum}",
                 "--topology",
                 "v4-8",
@@ -198,6 +186,14 @@ def test_accumulated_step_counts_every_micro_batch(tmp_path):
     assert reports[2]["flops_per_chip"] == pytest.approx(reports[1]["flops_per_chip"], rel=0.15)
     assert reports[2]["bytes_accessed_per_chip"] > 0.7 * reports[1]["bytes_accessed_per_chip"]
     assert 0 < reports[2]["mfu"] < 1
+    printed = capsys.readouterr().out
+    assert "text encoder  tiny-random-byt5" in printed and "T5 forward" in printed
+    report = reports[1]
+    assert report["text_encoder"] == "tiny-random-byt5" and report["text_params"] > 2_000_000
+    # bf16, split over the 2-way fsdp axis: about half of 2 bytes per param on each chip.
+    assert report["text_params"] * 2 / 2 <= report["text_param_bytes_per_chip"] < report["text_params"] * 2 * 0.6
+    assert report["argument_bytes"] >= report["state_bytes_per_chip"] + report["text_param_bytes_per_chip"]
+    assert 0 < report["text_flops_per_step"] < report["model_flops_per_step"]
 
 
 @needs_libtpu

@@ -48,7 +48,7 @@ def check_storage(config, workdir: str) -> None:
     own_cache = not config.data.text_embedding_dir and config.data.get("text", "embedding") == "embedding"
     storage.check_access(data_dir, write=own_cache)
     storage.local_view(data_dir)
-    if not own_cache:
+    if config.data.text_embedding_dir:
         storage.check_access(config.data.text_embedding_dir, write=False)
         storage.local_view(config.data.text_embedding_dir)
     for source in (config.train.get("init_from"), config.text.encoder):  # local ones: only the scheme
