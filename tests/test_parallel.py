@@ -1,5 +1,7 @@
 """Mesh construction and logical-axis shardings on 8 fake CPU devices."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -99,3 +101,67 @@ def test_train_step_pins_activations_to_the_batch_shards():
     config.train.grad_accum_steps = 2  # micro-batches of 4 cannot spread over 8 shards
     with pytest.raises(ValueError, match="grad_accum_steps=2"):
         lower_training(config, mesh, DEFAULT_RULES, global_batch=8)
+
+
+LOST_PEER = """
+import time
+import numpy as np
+from jax.experimental import multihost_utils
+from imagen_jax.parallel import initialize
+
+initialize(cpu_collectives="gloo")
+print("joined", flush=True)
+step = 0
+while True:  # a collective every 0.1 s, as a training loop's steps are
+    multihost_utils.process_allgather(np.int32(step))
+    step += 1
+    time.sleep(0.1)
+"""
+
+
+def test_a_lost_process_ends_the_other_within_the_heartbeat_bound(tmp_path):
+    """Two processes in collectives; one is SIGKILLed: the other exits non-zero within
+    IMAGEN_JAX_HEARTBEAT_SECONDS (plus slack), naming the lost task, instead of hanging."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = dict(
+        os.environ,
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+        IMAGEN_JAX_COORDINATOR=f"127.0.0.1:{port}",
+        IMAGEN_JAX_NUM_PROCESSES="2",
+        IMAGEN_JAX_HEARTBEAT_SECONDS="5",
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", LOST_PEER],
+            env=dict(env, IMAGEN_JAX_PROCESS_ID=str(i)),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        for p in procs:
+            assert p.stdout.readline().strip() == "joined"
+        time.sleep(1)
+        killed = time.monotonic()
+        procs[1].send_signal(signal.SIGKILL)
+        _, err = procs[0].communicate(timeout=60)
+        waited = time.monotonic() - killed
+    finally:
+        for p in procs:
+            p.kill()
+    assert procs[0].returncode != 0
+    assert waited < 5 + 10, waited
+    assert "Task 1 heartbeat timeout" in err or "task 1" in err.lower(), err[-3000:]

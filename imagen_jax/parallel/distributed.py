@@ -5,6 +5,12 @@ two local CPU processes in tests) the coordinator address, process count and pro
 come from arguments or the environment: IMAGEN_JAX_COORDINATOR (host:port),
 IMAGEN_JAX_NUM_PROCESSES, IMAGEN_JAX_PROCESS_ID (SLURM's variables are read by JAX's
 own cluster detection when these are unset).
+
+A lost process ends the others: JAX's coordination service expects a heartbeat from every
+process, and when one stops (killed, preempted, its host gone) the others abort (non-zero,
+naming the lost task: "Task 1 heartbeat timeout") instead of waiting in a collective
+forever. IMAGEN_JAX_HEARTBEAT_SECONDS sets that bound (JAX's default: 100 s); checkpoints
+are committed atomically, so the last committed one stays intact.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ def initialize(
         process_id = int(os.environ["IMAGEN_JAX_PROCESS_ID"])
     if cpu_collectives:
         jax.config.update("jax_cpu_collectives_implementation", cpu_collectives)
+    timeouts = {}
+    if os.environ.get("IMAGEN_JAX_HEARTBEAT_SECONDS"):
+        timeouts["heartbeat_timeout_seconds"] = int(os.environ["IMAGEN_JAX_HEARTBEAT_SECONDS"])
     explicit = coordinator is not None or num_processes is not None or process_id is not None
     if explicit:
         missing = [
@@ -51,9 +60,9 @@ def initialize(
                 f"multi-host: {', '.join(missing)} missing; set all three of IMAGEN_JAX_COORDINATOR (host:port), "
                 "IMAGEN_JAX_NUM_PROCESSES and IMAGEN_JAX_PROCESS_ID (or pass all three to initialize())"
             )
-        jax.distributed.initialize(coordinator, num_processes, process_id)
+        jax.distributed.initialize(coordinator, num_processes, process_id, **timeouts)
     elif _cluster_detected():
-        jax.distributed.initialize()
+        jax.distributed.initialize(**timeouts)
     _initialized = True
 
 
