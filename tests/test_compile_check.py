@@ -160,7 +160,8 @@ TOKENS = ["--config.data.text=tokens", "--config.text.encoder=tiny-random-byt5",
 @needs_libtpu
 def test_accumulated_step_counts_every_micro_batch(tmp_path, capsys):
     """XLA's cost analysis counts a loop body once; with 2 micro-batches the reported FLOPs
-    and bytes must still be those of the whole batch (about the un-accumulated step's).
+    and bytes must still be those of the whole batch (about the un-accumulated step's). The
+    trainer's logged TFLOP/s and MFU use the same count (program.flops_per_device).
     In text mode tokens (data.text=tokens): the combined T5 + UNet step, the T5's params
     bf16 and FSDP-sharded, an argument of the step, counted in the report."""
     reports = {}

@@ -150,8 +150,8 @@ def tiny_t5(seed=0):
 
 def test_tokens_mode_equals_cache_mode():
     """data.text='tokens': the step encodes the token ids with the frozen, FSDP-sharded T5 (in
-    each of 2 micro-batches) and gives the loss, gradients and update of the cache-mode step
-    fed the same T5's embeddings."""
+    each of 2 micro-batches) and gives the loss and gradients (so the update) of the
+    cache-mode step fed the same T5's embeddings."""
     from imagen_jax.parallel import logical_shardings
     from imagen_jax.text import encode_tokens
     from imagen_jax.text.t5 import abstract_params
@@ -187,16 +187,6 @@ def test_tokens_mode_equals_cache_mode():
     for a, b in zip(jax.tree_util.tree_leaves(grads_t), jax.tree_util.tree_leaves(grads_c)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
 
-    cache_jit = jax.jit(cache_step, in_shardings=(shardings, None, None), out_shardings=(shardings, None))
-    token_jit = jax.jit(
-        token_step, in_shardings=(shardings, None, None, text.shardings), out_shardings=(shardings, None)
-    )
-    after_c, metrics_c = cache_jit(state, put(cache_batch), key)
-    after_t, metrics_t = token_jit(state, put(token_batch), key, t5_params)
-    assert float(metrics_t["grad_norm"]) == pytest.approx(float(metrics_c["grad_norm"]), rel=1e-5)
-    for a, b in zip(jax.tree_util.tree_leaves(after_t.params), jax.tree_util.tree_leaves(after_c.params)):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-7)
-
 
 def test_tokens_batch_without_text_encoder_is_refused():
     config = tiny_config()
@@ -208,26 +198,3 @@ def test_tokens_batch_without_text_encoder_is_refused():
     batch["text_tokens"] = np.zeros((8, TEXT_LEN), np.int32)
     with pytest.raises(ValueError, match="text_encoder"):
         step(state, batch, jax.random.key(0))
-
-
-def test_logged_flops_count_every_micro_batch():
-    """The trainer's TFLOP/s and MFU come from program.flops_per_device: with 2 micro-batches
-    it is the whole batch's count (XLA's cost analysis alone counts the loop body once)."""
-    from pathlib import Path
-
-    from imagen_jax.config import apply_overrides, load_config
-    from imagen_jax.parallel import make_mesh as mesh_of
-    from imagen_jax.train.program import compile_training
-
-    config = load_config(str(Path(__file__).resolve().parents[1] / "configs" / "shapes_base32.py"))
-    apply_overrides(
-        config,
-        ["model.channels=8", "model.channel_mult=(1,2)", "model.head_dim=8", "model.embed_dim=32",
-         "model.noise_sinusoid_dim=16", "model.norm_groups=4", "model.text_pool_heads=2", "data.max_text_length=8"],
-    )  # fmt: skip
-    mesh = mesh_of(data=1, fsdp=1, devices=jax.devices()[:1])
-    flops = {}
-    for accum in (1, 2):
-        config.train.grad_accum_steps = accum
-        flops[accum] = compile_training(config, mesh, DEFAULT_RULES, 8, jax.random.key(0)).flops_per_device
-    assert flops[2] == pytest.approx(flops[1], rel=0.10)
