@@ -119,9 +119,8 @@ class ParamView:
         index = tuple(index) + (slice(None),) * (self.ndim - len(tuple(index)))
         h, k = self._hk
         if self.layout == "same":
-            begin, end = _bounds(index[0], self.shape[0]) if self.ndim else (0, 0)
-            value = self.stored.rows(begin, end) if self.ndim else self.stored.rows(0, 1)
-            value = value[(slice(0, end - begin),) + index[1:]] if self.ndim else value
+            begin, end = _bounds(index[0], self.shape[0])
+            value = self.stored.rows(begin, end)[(slice(None),) + index[1:]]
         elif self.layout == "transpose":  # ours [a, b] = stored [b, a].T
             begin, end = _bounds(index[1], self.shape[1])
             value = self.stored.rows(begin, end)[:, index[0]].T

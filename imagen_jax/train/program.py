@@ -97,7 +97,7 @@ def lower_training(config, mesh, rules, global_batch: int, text_encoder=None) ->
     args = (abstract_state, batch_specs, jax.eval_shape(lambda: jax.random.key(0)))
     in_shardings = (shardings, batch_shardings, None)
     if text_encoder is not None:  # the T5 params: a fourth argument
-        args, in_shardings = args + (text_encoder.abstract_params,), in_shardings + (text_encoder.shardings,)
+        args, in_shardings = args + (text_encoder.param_specs,), in_shardings + (text_encoder.shardings,)
     with activation_sharding(mesh, rules):
         lowered = jax.jit(step_fn, in_shardings=in_shardings, out_shardings=(shardings, None), donate_argnums=0).lower(
             *args

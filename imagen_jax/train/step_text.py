@@ -48,7 +48,7 @@ class StepTextEncoder:
         return cls(config, dtype, params)
 
     @property
-    def abstract_params(self) -> Any:
+    def param_specs(self) -> Any:
         return jax.tree_util.tree_map(
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), self.params
         )
