@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,15 +19,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from multihost import free_port
 
 HERE = Path(__file__).resolve().parent
 BUCKET = "imagen-test"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @dataclasses.dataclass

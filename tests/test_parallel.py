@@ -1,12 +1,14 @@
 """Mesh construction and logical-axis shardings on 8 fake CPU devices."""
 
 import os
+from pathlib import Path
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import pytest
 from jax.sharding import PartitionSpec as P
+from multihost import free_port, slurm_env, without_cluster_variables
 
 from imagen_jax.parallel import (
     DEFAULT_RULES,
@@ -78,6 +80,51 @@ def test_partial_multihost_settings_are_one_clear_error(monkeypatch):
     monkeypatch.delenv("IMAGEN_JAX_PROCESS_ID", raising=False)
     with pytest.raises(ValueError, match="num_processes, process_id missing.*IMAGEN_JAX_NUM_PROCESSES"):
         initialize()
+
+
+def test_a_multi_host_job_that_jax_cannot_detect_is_one_clear_error(monkeypatch):
+    """SLURM_NTASKS=2 outside srun (no step node list): JAX's detection finds no cluster, and
+    the start-up stops instead of training two independent single-host runs."""
+    from imagen_jax.parallel import distributed, initialize
+
+    monkeypatch.setattr(distributed, "_initialized", False)
+    for name in ("IMAGEN_JAX_COORDINATOR", "IMAGEN_JAX_NUM_PROCESSES", "IMAGEN_JAX_PROCESS_ID", "SLURM_STEP_NODELIST"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("SLURM_NTASKS", "2")
+    assert distributed.detect_cluster() is None
+    with pytest.raises(distributed.MultiHostStartupError, match="SLURM_NTASKS=2, but JAX's cluster detection finds no"):
+        initialize()
+    assert not distributed._initialized
+
+
+def test_a_process_whose_peers_never_come_stops_at_start_up(tmp_path):
+    """JAX detects a 2-process SLURM job; only process 0 starts: it stops within the init
+    timeout, after our one line saying what it was joining and what the abort means."""
+    import subprocess
+    import sys
+    import time
+
+    env = dict(
+        without_cluster_variables(os.environ),
+        **slurm_env(free_port(), 0),
+        IMAGEN_JAX_INIT_TIMEOUT_SECONDS="3",
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS="--xla_force_host_platform_device_count=1",
+        PYTHONPATH=str(Path(__file__).resolve().parents[1]),
+    )
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-c", "from imagen_jax.parallel import initialize; initialize(); print('joined')"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0 and "joined" not in proc.stdout
+    assert time.monotonic() - started < 3 + 30
+    assert "joining the slurm cluster JAX detected (2 processes)" in proc.stderr, proc.stderr[-2000:]
+    assert "DEADLINE_EXCEEDED" in proc.stderr
 
 
 def test_train_step_pins_activations_to_the_batch_shards():
