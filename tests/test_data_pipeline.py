@@ -80,6 +80,36 @@ def test_global_batches_do_not_depend_on_the_number_of_hosts():
         assert list(np.concatenate([h[step]["caption"] for h in hosts])) == list(one[step]["caption"])
 
 
+def test_start_element_resumes_the_global_stream_on_any_number_of_hosts():
+    """The resume position is global: one host's batches 3.. equal, on 2 hosts started at
+    element 3 x 8, the hosts' batches concatenated (random crops and the epoch boundary at
+    24 records included); a position inside a global batch starts there too."""
+    prepare = PrepareExample(image_size=8, crop_size=6, random_crop=True, text="none", keep_caption=True)
+    one = _take(make_dataset(_records(), prepare, batch_size=8, seed=3, process_index=0, process_count=1), 7)
+    hosts = [
+        _take(
+            make_dataset(
+                _records(), prepare, batch_size=4, seed=3, process_index=i, process_count=2, start_element=3 * 8
+            ),
+            4,
+        )
+        for i in range(2)
+    ]
+    for step in range(4):
+        np.testing.assert_array_equal(np.concatenate([h[step]["image"] for h in hosts]), one[3 + step]["image"])
+        assert list(np.concatenate([h[step]["caption"] for h in hosts])) == list(one[3 + step]["caption"])
+    # A batch size change on resume: the stream goes on from the next element.
+    halves = _take(
+        make_dataset(
+            _records(), prepare, batch_size=4, seed=3, process_index=0, process_count=1, start_element=3 * 8 + 4
+        ),
+        2,
+    )
+    assert _captions(halves) == _captions(one[3:5])[4:12]
+    with pytest.raises(ValueError, match="start_element must be >= 0"):
+        _ids_dataset(start_element=-1)
+
+
 def test_same_seed_same_batches_and_each_epoch_reshuffled():
     first = _take(_ids_dataset(seed=7), 12)  # two epochs
     again = _take(_ids_dataset(seed=7), 12)

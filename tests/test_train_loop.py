@@ -4,8 +4,8 @@ mismatch, divergence. Runs `imagen-jax train` in subprocesses on a tiny 16 px mo
 import json
 import os
 import re
+import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
+from multihost import free_port, slurm_env
 
 from imagen_jax.config import apply_overrides, load_config
 from imagen_jax.train.warm_start import warm_start
@@ -119,7 +120,8 @@ def saved_params(workdir, step, item="params"):
 
 
 def saved_data_state(workdir, step):
-    return json.loads((Path(workdir) / "checkpoints" / str(step) / "data" / "process_0-of-1.json").read_text())
+    """The input's global position saved with `step`: {"next_element": ..., "global_batch_size": ...}."""
+    return json.loads((Path(workdir) / "checkpoints" / str(step) / "data_position" / "metadata").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +134,8 @@ def data_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def straight_run(data_dir, tmp_path_factory):
     workdir = tmp_path_factory.mktemp("straight")
-    run_train(workdir, tiny_overrides(data_dir, steps=12))
+    run_train(workdir, tiny_overrides(data_dir, steps=12), "--status-file", str(workdir / "status"))
+    assert (workdir / "status").read_text() == "finished\n"
     return workdir
 
 
@@ -253,8 +256,9 @@ def test_unreadable_latest_checkpoint_is_moved_aside_and_the_one_before_resumes(
 
 def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
     workdir = tmp_path / "preempted"
+    status = tmp_path / "status"
     proc = subprocess.Popen(
-        train_cmd(workdir, tiny_overrides(data_dir, steps=1000)),
+        train_cmd(workdir, tiny_overrides(data_dir, steps=1000), "--status-file", str(status)),
         env=env(),
         cwd=REPO,
         stdout=subprocess.PIPE,
@@ -271,44 +275,82 @@ def test_sigterm_saves_and_exits_cleanly(data_dir, tmp_path):
     assert step == last  # the checkpoint holds the state at the step where it stopped
     logged = [json.loads(x)["step"] for x in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert logged[-1] == last
+    assert status.read_text() == "preempted\n"  # what launch/tpu_train.sh --restart reads
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def test_two_processes_train_like_one(data_dir, tmp_path):
-    one = tmp_path / "one_process"
-    run_train(one, tiny_overrides(data_dir, steps=3), devices=2)  # 1 process, 2 devices, global batch 8
-    two = tmp_path / "two_processes"
+def start_two_processes(workdir, overrides, *flags, stdout=subprocess.DEVNULL):
+    """`imagen-jax train` as a 2-process job that JAX's own cluster detection joins (the
+    variables srun gives each task), one CPU device per process, gloo collectives."""
     port = free_port()
-    procs = [
-        subprocess.Popen(  # with a sample grid: sampling runs on global params across processes
-            train_cmd(two, tiny_overrides(data_dir, steps=3, **{"train.sample_every": 3, "sampling.num_steps": 4})),
-            env=env(
-                1,
-                IMAGEN_JAX_COORDINATOR=f"127.0.0.1:{port}",
-                IMAGEN_JAX_NUM_PROCESSES="2",
-                IMAGEN_JAX_PROCESS_ID=str(i),
-                JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
-            ),
+    return [
+        subprocess.Popen(
+            train_cmd(workdir, overrides, *flags),
+            env=env(1, **slurm_env(port, i), JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo"),
             cwd=REPO,
-            stdout=subprocess.DEVNULL,
+            stdout=stdout,
             stderr=subprocess.PIPE,
             text=True,
         )
         for i in range(2)
     ]
-    for p in procs:
+
+
+def run_two_processes(workdir, overrides, *flags):
+    for p in start_two_processes(workdir, overrides, *flags):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-4000:]
-    a, _ = saved_params(one, 3)
-    b, _ = saved_params(two, 3)
-    for x, y in zip(a, b):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-7)
-    assert (two / "samples" / "step_0000003.png").exists()
+
+
+def test_sigterm_to_both_processes_saves_one_step_and_both_exit_cleanly(data_dir, tmp_path):
+    """The multi-host preemption path: SIGTERM reaches the two processes 0.5 s apart; JAX's
+    preemption sync point makes both stop after the same step, save it together, exit 0."""
+    workdir = tmp_path / "preempted"
+    procs = start_two_processes(workdir, tiny_overrides(data_dir, steps=1000))
+    first = wait_for_checkpoint(procs[0], workdir)
+    procs[0].send_signal(signal.SIGTERM)
+    time.sleep(0.5)
+    procs[1].send_signal(signal.SIGTERM)
+    errs = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [e[-3000:] for e in errs]
+    stopped = [re.findall(r"SIGTERM: saving step (\d+) and stopping", e) for e in errs]
+    assert len(stopped[0]) == 1 and stopped[0] == stopped[1], [e[-3000:] for e in errs]
+    step = int(stopped[0][0])
+    assert first <= step < 1000 and committed_steps(workdir)[-1] == step
+    assert saved_params(workdir, step)[1] == step
+    assert saved_data_state(workdir, step)["next_element"] == 8 * step
+
+
+def saved_until(source, destination, step):
+    """A copy of run `source` as it was when checkpoint `step` was its latest."""
+    shutil.copytree(source, destination)
+    for later in committed_steps(destination):
+        if later > step:
+            shutil.rmtree(Path(destination) / "checkpoints" / str(later))
+
+
+def test_two_processes_train_like_one_and_resume_on_either_count(data_dir, tmp_path):
+    """2 processes (joined by JAX's SLURM detection) train like 1 process with 2 devices,
+    and the input position is global: a run saved by 2 processes resumes on 1, one saved by
+    1 resumes on 2, each to the straight run's params and data position, bit for bit."""
+    overrides = tiny_overrides(data_dir, steps=6)
+    one = tmp_path / "one_process"
+    run_train(one, overrides, devices=2)  # 1 process, 2 devices, global batch 8
+    two = tmp_path / "two_processes"  # with a sample grid: sampling runs on global params across processes
+    run_two_processes(two, tiny_overrides(data_dir, steps=6, **{"train.sample_every": 6, "sampling.num_steps": 4}))
+    assert (two / "samples" / "step_0000006.png").exists()
+    two_then_one, one_then_two = tmp_path / "two_then_one", tmp_path / "one_then_two"
+    saved_until(two, two_then_one, 3)
+    run_train(two_then_one, overrides, "--override", devices=2)  # --override: no sample grid now
+    saved_until(one, one_then_two, 3)
+    run_two_processes(one_then_two, overrides)
+    straight, _ = saved_params(one, 6)
+    assert saved_data_state(one, 3) == {"next_element": 24, "global_batch_size": 8}
+    for other in (two, two_then_one, one_then_two):
+        params, step = saved_params(other, 6)
+        assert step == 6
+        for a, b in zip(straight, params):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+        assert saved_data_state(other, 6) == saved_data_state(one, 6) == {"next_element": 48, "global_batch_size": 8}
 
 
 def test_config_mismatch_is_refused(tmp_path):
@@ -337,14 +379,21 @@ def test_divergence_stops_with_a_clear_message_and_keeps_the_checkpoint(data_dir
     overrides = tiny_overrides(
         data_dir, steps=40, **{"optimizer.peak_lr": 1e30, "optimizer.warmup_steps": 0, "train.max_nonfinite_streak": 3}
     )
+    status = tmp_path / "status"
     proc = subprocess.run(
-        train_cmd(tmp_path, overrides), env=env(), capture_output=True, text=True, timeout=600, cwd=REPO
+        train_cmd(tmp_path / "run", overrides, "--status-file", str(status)),
+        env=env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
     )
     assert proc.returncode == 2
     assert "non-finite losses in a row" in proc.stderr and "peak_lr" in proc.stderr
-    steps = committed_steps(tmp_path)
+    assert status.read_text().startswith("failed: TrainingDivergedError: 3 non-finite losses in a row")
+    steps = committed_steps(tmp_path / "run")
     if steps:  # whatever was committed before divergence is a whole, finite checkpoint
-        leaves, _ = saved_params(tmp_path, steps[-1])
+        leaves, _ = saved_params(tmp_path / "run", steps[-1])
         assert all(np.all(np.isfinite(np.asarray(x))) for x in leaves)
 
 
@@ -393,3 +442,16 @@ def test_init_from_starts_another_resolution_from_a_trained_stage(straight_run, 
 def test_init_from_a_workdir_without_checkpoints_names_the_fix(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"has no checkpoint.*train.init_from=''"):
         warm_start(str(tmp_path), state=None, shardings=None)
+
+
+def test_the_input_resumes_at_the_saved_global_position(caplog):
+    """The checkpoint's data position wins (the batch size may have changed since); a
+    checkpoint of an earlier version (Grain's per-host state, no position) resumes at step x
+    batch, with a warning saying so."""
+    from imagen_jax.train.loop import resume_element
+
+    assert resume_element(3, {"next_element": 20, "global_batch_size": 4}, 8) == 20
+    assert resume_element(0, None, 8) == 0 and not caplog.records
+    with caplog.at_level("WARNING", logger="imagen_jax.train"):
+        assert resume_element(3, None, 8) == 24
+    assert "has no data position" in caplog.text and "element 24" in caplog.text

@@ -30,22 +30,42 @@ def add_parser(subparsers) -> None:
         action="store_true",
         help="stop when the latest checkpoint does not restore (default: move it aside, resume from the one before)",
     )
+    parser.add_argument(
+        "--status-file",
+        help="when the command ends, write one line here: 'finished' (trained to train.steps), 'preempted' "
+        "(stopped by SIGTERM after saving; run again to resume) or 'failed: REASON' "
+        "(launch/tpu_train.sh --restart reads it)",
+    )
     parser.set_defaults(run=run, accepts_config_overrides=True)
 
 
 def run(args) -> int:
     from imagen_jax.config import apply_overrides, load_config
     from imagen_jax.train.loop import train
+    from imagen_jax.train.metrics import finished_step
 
     log_to_stderr(logging.INFO)
-    config = apply_overrides(load_config(args.config), args.config_overrides)
-    metrics = train(
-        config,
-        args.workdir,
-        override=args.override,
-        progress=not args.no_progress,
-        checkpoint_fallback=not args.no_checkpoint_fallback,
-    )
+    try:
+        config = apply_overrides(load_config(args.config), args.config_overrides)
+        metrics = train(
+            config,
+            args.workdir,
+            override=args.override,
+            progress=not args.no_progress,
+            checkpoint_fallback=not args.no_checkpoint_fallback,
+        )
+        outcome = "finished" if finished_step(args.workdir) >= config.train.steps else "preempted"
+    except BaseException as error:
+        _write_status(args.status_file, f"failed: {type(error).__name__}: {(str(error).splitlines() or [''])[0][:300]}")
+        raise
+    _write_status(args.status_file, outcome)
     if metrics:
         print("final: " + ", ".join(f"{k}={v:.4g}" for k, v in sorted(metrics.items())))
     return 0
+
+
+def _write_status(path: str | None, line: str) -> None:
+    if path:
+        from imagen_jax import storage
+
+        storage.path(path).write_text(line + "\n")

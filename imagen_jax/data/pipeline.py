@@ -15,10 +15,12 @@ Workers take whole batches round-robin, so batches do not depend on the number o
 workers. A tokenizer runs in the workers, so it must be picklable. Close an iterator
 that has workers (`it.close()`) when done with it.
 
-The iterator's state (`it.get_state()`, a small dict; `it.set_state(state)`) is all
-a restart needs: restoring it yields exactly the batches that would have come next.
-With orbax, save it beside the model with `grain.checkpoint.CheckpointSave(it)` /
-`grain.checkpoint.CheckpointRestore(it)`.
+Resuming: the stream is a function of the global element index, so the position to save
+is one number, the elements consumed (global batches x global batch size), the same on
+every host; `make_dataset(start_element=n)` starts there on any number of hosts (training
+checkpoints it beside the model: a run saved by 2 hosts resumes on 1 or 4). The Grain
+iterator's own state (`it.get_state()` / `it.set_state(state)`, per host) works too,
+but only for the same number of hosts.
 
 Batch (b = per-host batch):
   "image": float32 [b, C, C, 3] in [-1, 1]
@@ -69,6 +71,7 @@ def make_dataset(
     read_threads: int = 4,
     read_buffer_size: int = 4,
     finish_buffer_size: int = 2,
+    start_element: int = 0,
 ) -> grain.IterDataset:
     """Grain dataset of this host's batches (see the module docstring).
 
@@ -77,7 +80,9 @@ def make_dataset(
     record order (needed when prepare.text == 'embedding'); tokenize: needed when
     prepare.text == 'tokens'; process_index / process_count: default to JAX's;
     num_workers: worker processes (0: read threads of this process only);
-    finish_buffer_size: finished batches kept ready by the background thread.
+    finish_buffer_size: finished batches kept ready by the background thread;
+    start_element: global stream elements already consumed (the resume position): the
+    first global batch is elements [start_element, start_element + batch_size x hosts).
     """
     if batch_size <= 0:
         raise ValueError(f"batch_size must be positive, got {batch_size}.")
@@ -94,6 +99,8 @@ def make_dataset(
     process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
         raise ValueError(f"Need 0 <= process_index < process_count, got {process_index}, {process_count}.")
+    if start_element < 0:
+        raise ValueError(f"start_element must be >= 0, got {start_element}.")
     if len(records) == 0 or (num_epochs and len(records) * num_epochs < process_count * batch_size):
         raise ValueError(
             f"{len(records)} records x {num_epochs or 'all'} epochs cannot fill one batch of {batch_size} on each "
@@ -107,6 +114,8 @@ def make_dataset(
     # Per-element randomness (crops) is keyed by the GLOBAL stream index, before hosts take
     # their blocks: the global batches do not depend on the number of hosts.
     dataset = dataset.random_map(prepare)
+    if start_element:
+        dataset = dataset[start_element:]  # the rest of the same stream (indices, crops unchanged)
     dataset = HostBlocksMapDataset(dataset, block=batch_size, index=process_index, count=process_count)
     dataset = dataset.batch(batch_size, drop_remainder=True, batch_fn=BatchExamples())
     if prepare.text == "tokens":
@@ -176,13 +185,15 @@ def dataset_from_config(
     process_index: int | None = None,
     process_count: int | None = None,
     records: RandomAccessSource | None = None,
+    start_element: int = 0,
 ) -> grain.IterDataset:
     """`make_dataset` for a stage config: its `data` section (fields: configs/data_shapes.py)
     and the sizes the stage implies (prepare_from_config).
 
     batch_size: examples per batch on this host; default train.batch_size / process count.
     text_embeddings defaults to the cache in data.text_embedding_dir; records defaults to
-    the TFDS split data.name / data.split under data.data_dir.
+    the TFDS split data.name / data.split under data.data_dir; start_element: the resume
+    position (global elements consumed).
     """
     data = config.data
     if batch_size is None:
@@ -221,4 +232,5 @@ def dataset_from_config(
         read_threads=data.read_threads,
         read_buffer_size=data.read_buffer_size,
         finish_buffer_size=data.prefetch,
+        start_element=start_element,
     )

@@ -1,10 +1,14 @@
-"""Checkpoints with orbax's CheckpointManager: the train state, the data iterator and the
+"""Checkpoints with orbax's CheckpointManager: the train state, the input position and the
 config, saved together per step; async; last K kept; restored onto the current mesh.
 
-Layout: <workdir>/checkpoints/<step>/{state, data, config}, local or gs:// (orbax and
-tensorstore write Cloud Storage themselves). `state` is the whole
-TrainState (params, optimizer state, EMA, step, counters); `data` the Grain iterator's
-state (one JSON per process); `config` the run's config as JSON. Orbax writes each step
+Layout: <workdir>/checkpoints/<step>/{state, data_position, config}, local or gs:// (orbax
+and tensorstore write Cloud Storage themselves). `state` is the whole TrainState (params,
+optimizer state, EMA, step, counters), restored onto whatever mesh the run has now;
+`data_position` the input stream's GLOBAL position ({"next_element": elements consumed,
+"global_batch_size": ...}, one JSON written by process 0), so a run saved on 2 hosts
+resumes on 1 or 4 (data/pipeline.py); `config` the run's config as JSON. Checkpoints of
+earlier versions hold `data` (Grain's per-host iterator state) instead: their position is
+taken as step x train.batch_size. Orbax writes each step
 to a temporary directory and renames it when complete, so a crash mid-save never leaves
 a checkpoint that looks whole (on gs://, where there is no rename, a step counts only once
 its commit_success.txt is written). A committed checkpoint that does not restore (a
@@ -17,7 +21,6 @@ from __future__ import annotations
 import logging
 import time
 
-import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -57,6 +60,8 @@ def abstract_like(state_shapes, shardings):
 class Checkpoints:
     """A thin, typed front to ocp.CheckpointManager for this project's three items."""
 
+    DATA_POSITION = "data_position"
+
     def __init__(self, directory: str, *, max_to_keep: int = 3, save_every: int = 1000, async_save: bool = True):
         self.directory = storage.path(directory)
         options = ocp.CheckpointManagerOptions(
@@ -69,7 +74,7 @@ class Checkpoints:
         handlers = {
             "state": ocp.StandardCheckpointHandler(),
             "config": ocp.JsonCheckpointHandler(),
-            "data": grain.checkpoint.CheckpointHandler(),
+            self.DATA_POSITION: ocp.JsonCheckpointHandler(),
         }
         self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
@@ -79,35 +84,39 @@ class Checkpoints:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state, config: dict, data_iterator=None, *, force: bool = False) -> bool:
-        """Save if `step` is due (every `save_every`) or `force`; returns whether it saved."""
+    def save(self, step: int, state, config: dict, data_position: dict | None = None, *, force: bool = False) -> bool:
+        """Save if `step` is due (every `save_every`) or `force`; returns whether it saved.
+        data_position: the input's global position, e.g. {"next_element": n, ...}."""
         items = {"state": ocp.args.StandardSave(state), "config": ocp.args.JsonSave(config)}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(data_iterator)
+        if data_position is not None:
+            items[self.DATA_POSITION] = ocp.args.JsonSave(data_position)
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
-    def restore(self, step: int, abstract_state, data_iterator=None):
-        """(state laid out as `abstract_state`'s shardings, config dict). The iterator, if
-        given, is set to its saved position in place."""
+    def restore(self, step: int, abstract_state):
+        """(state laid out as `abstract_state`'s shardings, config dict, data position dict
+        or None when the checkpoint has none)."""
         items = {"state": ocp.args.StandardRestore(abstract_state), "config": ocp.args.JsonRestore()}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
+        has_position = (self.directory / str(step) / self.DATA_POSITION).exists()
+        if has_position:
+            items[self.DATA_POSITION] = ocp.args.JsonRestore()
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return restored["state"], restored["config"]
+        return restored["state"], restored["config"], restored[self.DATA_POSITION] if has_position else None
 
-    def restore_latest(self, abstract_state, data_iterator=None, *, fallback: bool = True):
-        """(state, step) from the newest checkpoint that restores, or (None, 0) when there is
-        none. One that does not (on any process) is named in one warning with the reason and
-        moved aside (`move_aside`, never deleted), and the one before it is tried; with
-        fallback=False the first failure raises CheckpointUnreadableError instead."""
+    def restore_latest(self, abstract_state, *, fallback: bool = True):
+        """(state, step, data position) from the newest checkpoint that restores, or
+        (None, 0, None) when there is none. One that does not (on any process) is named in
+        one warning with the reason and moved aside (`move_aside`, never deleted), and the
+        one before it is tried; with fallback=False the first failure raises
+        CheckpointUnreadableError instead."""
         for step in sorted(self.all_steps(), reverse=True):
+            state = position = None
             try:
-                state, _ = self.restore(step, abstract_state, data_iterator)
+                state, _, position = self.restore(step, abstract_state)
                 reason = None
-            except Exception as error:  # tensorstore, orbax, grain: any failure to read it back
+            except Exception as error:  # tensorstore, orbax: any failure to read it back
                 reason = unreadable_reason(error)
             if _all_processes_agree(reason is None):
-                return state, step
+                return state, step, position
             reason = reason or "another process could not read its part"
             where = storage.join(self.directory, str(step))
             if not fallback:
@@ -122,7 +131,7 @@ class Checkpoints:
                 f"no checkpoint under {self.directory} restores; each was moved aside (unreadable-*). Run "
                 "again to start from scratch, or put a good copy of one back under its step number."
             )
-        return None, 0
+        return None, 0, None
 
     def move_aside(self, step: int) -> str:
         """Rename checkpoint `step` to unreadable-<step>-<unix time> beside it (process 0;

@@ -103,15 +103,16 @@ def caption_tokenizer(encoder, max_length: int):
     return functools.partial(tokenize, encoder.tokenizer, max_length=max_length)
 
 
-def train_iterator(config, cache_dir: str | None, encoder=None):
-    """This host's iterator over `config.data`: batches of train.batch_size / process_count
-    examples (Grain; its state is checkpointed beside the model), with the cached text
-    embeddings of `cache_dir`, or (text mode 'tokens', cache_dir None) token ids from
-    `encoder`'s tokenizer."""
+def train_iterator(config, cache_dir: str | None, encoder=None, *, start_element: int = 0):
+    """This host's iterator over `config.data` from global element `start_element` on (the
+    checkpointed position): batches of train.batch_size / process_count examples (Grain),
+    with the cached text embeddings of `cache_dir`, or (text mode 'tokens', cache_dir
+    None) token ids from `encoder`'s tokenizer."""
     from imagen_jax.data.pipeline import dataset_from_config
     from imagen_jax.text.embedding_cache import EmbeddingCacheSource
 
     if cache_dir is None:
-        tokenize = caption_tokenizer(encoder, config.data.max_text_length)
-        return iter(dataset_from_config(config, tokenize=tokenize))
-    return iter(dataset_from_config(config, text_embeddings=EmbeddingCacheSource(cache_dir)))
+        text = {"tokenize": caption_tokenizer(encoder, config.data.max_text_length)}
+    else:
+        text = {"text_embeddings": EmbeddingCacheSource(cache_dir)}
+    return iter(dataset_from_config(config, start_element=start_element, **text))

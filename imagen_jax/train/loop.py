@@ -4,7 +4,8 @@ Read top to bottom: join the multi-host runtime and check the workdir and every 
 (workdir.py); build the mesh; prepare the data and its text-embedding cache once, and load
 the frozen T5 where it is used (inputs.py: text mode 'tokens' runs it inside the step,
 step_text.py); compile the train step ahead of time with the state born sharded
-(program.py); restore the latest checkpoint (state AND data iterator) or warm-start; then
+(program.py); restore the latest checkpoint (state AND the input's global position) or
+warm-start, and start the input there; then
 step, with a progress bar, metrics (metrics.py), sample grids (preview.py), periodic async
 checkpoints and a final one. SIGTERM (preemption.py) saves at the next step boundary and
 returns normally.
@@ -52,6 +53,22 @@ def _check_batch(config, mesh) -> None:
         )
 
 
+def resume_element(step: int, position: dict | None, global_batch: int) -> int:
+    """Global input elements consumed before `step`: the checkpoint's data position, or for
+    a checkpoint of an earlier version (no position) step x global_batch (exact unless the
+    batch size changed during the run)."""
+    if position is not None:
+        return int(position["next_element"])
+    if step:
+        log.warning(
+            "checkpoint step %d has no data position (an earlier version's checkpoint): the input resumes "
+            "at element %d = step x train.batch_size",
+            step,
+            step * global_batch,
+        )
+    return step * global_batch
+
+
 def train(
     config, workdir: str, *, override: bool = False, progress: bool = True, checkpoint_fallback: bool = True
 ) -> dict:
@@ -83,7 +100,6 @@ def train(
     train_key = jax.random.fold_in(root, 1)
 
     step_args = (text.params,) if text is not None else ()
-    iterator = train_iterator(config, cache_dir, encoder)
     ckpt_cfg = config.checkpoint
     checkpoints = Checkpoints(
         storage.join(workdir, "checkpoints"),
@@ -92,12 +108,15 @@ def train(
         async_save=ckpt_cfg.get("async_save", True),
     )
     abstract_state = abstract_like(jax.eval_shape(lambda: state), shardings)
-    restored, start = checkpoints.restore_latest(abstract_state, iterator, fallback=checkpoint_fallback)
+    restored, start, position = checkpoints.restore_latest(abstract_state, fallback=checkpoint_fallback)
     if start:
         state = restored
         log.info("resumed from step %d", start)
     elif config.train.get("init_from"):
         state = warm_start(config.train.init_from, state, shardings)
+    next_element = resume_element(start, position, global_batch)
+    # The input resumes at its global position, on however many hosts this run has now.
+    iterator = train_iterator(config, cache_dir, encoder, start_element=next_element)
 
     peak = peak_tflops(jax.devices()[0].device_kind)
     preview = preview_inputs(config, encoder, cache_dir) if config.train.sample_every else None
@@ -126,6 +145,8 @@ def train(
                 }
                 state, metrics = compiled(state, batch, train_key, *step_args)
                 step += 1
+                next_element += global_batch
+                position = {"next_element": next_element, "global_batch_size": global_batch}
                 bar.update(1)
                 if step % config.train.log_every == 0 or step == total:
                     values = {k: float(v) for k, v in jax.device_get(metrics).items()}
@@ -145,13 +166,13 @@ def train(
                             f"were skipped and the last good checkpoint (step {checkpoints.latest_step()}) is "
                             "intact. Lower --config.optimizer.peak_lr or set --config.optimizer.grad_clip_norm."
                         )
-                saved = checkpoints.save(step, state, config_json, iterator, force=step == total)
+                saved = checkpoints.save(step, state, config_json, position, force=step == total)
                 if config.train.sample_every and (step % config.train.sample_every == 0 or step == total):
                     write_sample_grid(config, preview_stage, state.ema_params, preview, step, workdir, writer, mesh)
                 if preemption.requested_at(step):
                     log.warning("SIGTERM: saving step %d and stopping", step)
                     if not saved:
-                        checkpoints.save(step, state, config_json, iterator, force=True)
+                        checkpoints.save(step, state, config_json, position, force=True)
                     break
     finally:
         bar.close()
