@@ -260,9 +260,9 @@ START_CHECK = (
 
 
 def start_command(run: str, train: list[str]) -> str:
-    log, pid = f"imagen_jax_logs/{run}.log", f"imagen_jax_logs/{run}.pid"
+    log, pid, status = (f"imagen_jax_logs/{run}.{kind}" for kind in ("log", "pid", "status"))
     return (
-        f'{START_CHECK}; echo "=== $(date -u +%FT%TZ) $(hostname): start {run}" >> {log}; '
+        f'{START_CHECK}; rm -f {status}; echo "=== $(date -u +%FT%TZ) $(hostname): start {run}" >> {log}; '
         f"setsid nohup {shlex.join(train)} >> {log} 2>&1 < /dev/null & echo $! > {pid}; "
         f'echo "$(hostname): started {run}, pid $(cat {pid}), log ~/{log}"'
     )
@@ -328,6 +328,8 @@ def test_train_copies_configs_and_starts_on_all_workers(config_dir):
                     "--workdir",
                     "gs://bucket/runs/base64/",
                     "--no-progress",
+                    "--status-file",
+                    "imagen_jax_logs/base64.status",
                     "--config.text.prompt=a cat's hat",
                     "--config.train.steps",
                     "10",
@@ -342,8 +344,9 @@ def test_train_copies_configs_and_starts_on_all_workers(config_dir):
 def test_train_config_parameter_is_kept(config_dir):
     commands = dry_run("tpu_train.sh", *TARGET, "--config", f"{config_dir}/base64_2b.py:small", "--workdir", "gs://b/s")
     assert commands[1][5:7] == [str(config_dir / "base64_2b.py"), str(config_dir / "common.py")]
-    assert "--config imagen_jax_runs/s/configs/base64_2b.py:small --workdir gs://b/s --no-progress " in _remote(
-        commands[2]
+    assert (
+        "--config imagen_jax_runs/s/configs/base64_2b.py:small --workdir gs://b/s --no-progress --status-file "
+        in _remote(commands[2])
     )
 
 
@@ -375,6 +378,8 @@ def test_train_config_already_on_workers():
                     "--workdir",
                     "gs://b/sr",
                     "--no-progress",
+                    "--status-file",
+                    "imagen_jax_logs/sr256-try2.status",
                 ],
             ),
         )
@@ -573,6 +578,8 @@ def test_remote_fragments_start_report_refuse_and_stop_a_run(tmp_path, reaper):
             "--workdir",
             "gs://b/run one",
             "--no-progress",
+            "--status-file",
+            "imagen_jax_logs/r1.status",
             '--config.prompt=it\'s a "cat"',
         ]
         assert os.getpgid(pid) == pid  # its own process group, so stop reaches its children
@@ -596,6 +603,151 @@ def test_remote_fragments_start_report_refuse_and_stop_a_run(tmp_path, reaper):
         if _alive(pid):
             os.killpg(pid, signal.SIGKILL)
             reaper(pid)
+
+
+# ---------------------------------------------------------------- supervisor mode (tpu_train.sh --restart)
+
+FAKE_CLOUD = Path(__file__).resolve().parent / "fake_tpu_cloud.py"
+RESTART = ["--restart", "--accelerator", "v4-16", "--spot", "--source", "imagen-jax==0.1"]
+
+
+def test_restart_dry_run_prints_start_watch_and_one_restart(config_dir):
+    config = str(config_dir / "base64_2b.py")
+    lines = dry_run_text(
+        "tpu_train.sh", *TARGET, "--config", config, "--workdir", "gs://b/r", *RESTART, "--gcsfuse", "b", "--poll", "30"
+    ).splitlines()
+    plain = dry_run("tpu_train.sh", *TARGET, "--config", config, "--workdir", "gs://b/r")
+    assert [shlex.split(x) for x in lines[1:4]] == plain
+    assert (
+        lines[0] == "# start"
+        and lines[4] == "# watch, every 30 s"
+        and lines[7] == "# restart after a preemption (at most 10)"
+    )
+    assert shlex.split(lines[5]) == DESCRIBE + ["--format=value(state.state)"]
+    assert "run-state $(hostname) $s" in _remote(shlex.split(lines[6]))
+    assert shlex.split(lines[8]) == [
+        "gcloud",
+        "compute",
+        "tpus",
+        "queued-resources",
+        "delete",
+        "pod",
+        *SCOPE,
+        "--force",
+        "--quiet",
+    ]
+    create = shlex.split(lines[9])
+    assert create[:5] == ["gcloud", "compute", "tpus", "queued-resources", "create"] and create[-5:] == [
+        "--accelerator-type",
+        "v4-16",
+        "--runtime-version",
+        "tpu-ubuntu2204-base",
+        "--spot",
+    ]
+    assert shlex.split(lines[10]) == DESCRIBE + ["--format=value(state.state)"]
+    assert "pip install --upgrade imagen-jax==0.1 'jax[tpu]'" in _remote(shlex.split(lines[11]))
+    assert "gcsfuse --implicit-dirs b /gcs/b" in _remote(shlex.split(lines[12]))
+    assert [shlex.split(x) for x in lines[13:]] == plain
+
+
+def test_restart_errors(config_dir):
+    args = (*TARGET, "--config", str(config_dir / "base64_2b.py"), "--workdir", "gs://b/r")
+    assert "--restart needs --accelerator TYPE" in fails("tpu_train.sh", *args, "--restart", "--source", "x")
+    assert "--restart needs --source PIP_SPEC or --wheel FILE" in fails(
+        "tpu_train.sh", *args, "--restart", "--accelerator", "v4-8"
+    )
+    assert "--poll is an option of the supervisor mode: add --restart" in fails("tpu_train.sh", *args, "--poll", "5")
+    assert "--poll expects seconds > 0" in fails("tpu_train.sh", *args, *RESTART, "--poll", "0")
+    assert "--max-restarts expects a whole number" in fails("tpu_train.sh", *args, *RESTART, "--max-restarts", "-1")
+
+
+def supervise(tmp_path, config_dir, scenario, *extra):
+    """tpu_train.sh --restart against the fake slice of fake_tpu_cloud.py (2 workers, ACTIVE,
+    each run playing `scenario`), polling every 0.2 s, under a reaper as a worker's init is.
+    Returns (the finished process, the gcloud calls, the fake cloud's root)."""
+    sys.path.insert(0, str(FAKE_CLOUD.parent))
+    import fake_tpu_cloud
+
+    cloud = tmp_path / "cloud"
+    for worker in fake_tpu_cloud.WORKERS:
+        (cloud / "workers" / worker).mkdir(parents=True)
+    (cloud / "state").write_text("ACTIVE")
+    (cloud / "scenario.json").write_text(json.dumps(scenario))
+    bin_dir = tmp_path / "cloud_bin"
+    bin_dir.mkdir()
+    _, python = fake_tpu_cloud.install(bin_dir)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("IMAGEN_JAX_", "SLURM_"))}
+    env.update(PATH=f"{bin_dir}{os.pathsep}{env['PATH']}", FAKE_TPU_CLOUD=str(cloud))
+    command = ["bash", str(LAUNCH / "tpu_train.sh"), *TARGET, "--config", str(config_dir / "base64_2b.py")]
+    command += ["--workdir", "gs://b/run", "--python", str(python), *RESTART, "--poll", "0.2", *extra]
+    proc = subprocess.run(
+        [sys.executable, str(FAKE_CLOUD), "reap", *command], env=env, capture_output=True, text=True, timeout=120
+    )
+    calls = [json.loads(line) for line in (cloud / "calls.jsonl").read_text().splitlines()]
+    return proc, calls, cloud
+
+
+def _kind(call: list[str]) -> str:
+    """A gcloud call in one word: describe, delete, create, scp, or what an ssh does."""
+    if call[:3] == ["compute", "tpus", "queued-resources"]:
+        return call[3]
+    if call[3] == "scp":
+        return "scp"
+    remote = _remote(call)
+    for word, kind in (
+        ("setsid nohup", "start"),
+        ("run-state", "watch"),
+        ("pip install", "setup"),
+        ("mkdir -p", "mkdir"),
+    ):
+        if word in remote:
+            return kind
+    return "ssh"
+
+
+def _collapse(kinds: list[str]) -> list[str]:
+    """Runs of the same kind as one (the number of polls depends on timing)."""
+    return [k for i, k in enumerate(kinds) if i == 0 or kinds[i - 1] != k]
+
+
+def test_supervisor_recreates_a_preempted_slice_sets_it_up_and_resumes_the_run(tmp_path, config_dir):
+    proc, calls, cloud = supervise(
+        tmp_path,
+        config_dir,
+        [{"w0": "preempt", "w1": "preempt"}, {"w0": "finish", "w1": "finish"}],
+        "--max-restarts",
+        "3",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "restart 1 of at most 3: the slice is SUSPENDED (preempted, or a host failed)" in proc.stderr
+    assert "queued resource pod: PROVISIONING" in proc.stderr and "queued resource pod: ACTIVE" in proc.stderr
+    assert "run run finished on every worker (2 finished)" in proc.stderr
+    kinds = _collapse([_kind(c) for c in calls])
+    restart = kinds.index("delete")
+    assert kinds[:3] == ["mkdir", "scp", "start"] and set(kinds[3:restart]) == {"describe", "watch"}
+    assert kinds[restart : restart + 7] == ["delete", "create", "describe", "setup", "mkdir", "scp", "start"]
+    assert set(kinds[restart + 7 :]) == {"describe", "watch"} and kinds[-1] == "watch"
+    create = next(c for c in calls if _kind(c) == "create")
+    assert create[-5:] == ["--accelerator-type", "v4-16", "--runtime-version", "tpu-ubuntu2204-base", "--spot"]
+    for worker in ("w0", "w1"):  # the same run twice on each worker; the new VM got the configs again
+        launches = [json.loads(x) for x in (cloud / f"launches-{worker}.jsonl").read_text().splitlines()]
+        assert len(launches) == 2 and launches[0] == launches[1]
+        assert launches[0][launches[0].index("--workdir") + 1] == "gs://b/run"
+        assert (cloud / "workers" / worker / "imagen_jax_runs/run/configs/base64_2b.py").exists()
+        assert (cloud / "workers" / worker / "imagen_jax_logs/run.status").read_text() == "finished\n"
+
+
+def test_supervisor_relaunches_on_the_same_slice_after_a_failure_and_stops_at_the_limit(tmp_path, config_dir):
+    proc, calls, cloud = supervise(tmp_path, config_dir, [{"w0": "vanish", "w1": "fail"}], "--max-restarts", "2")
+    assert proc.returncode == 1
+    assert "restart 1 of at most 2: workers: 1 failed, 1 gone" in proc.stderr
+    assert "restart 2 of at most 2: workers: 1 failed, 1 gone" in proc.stderr
+    assert "giving up after 2 restarts: workers: 1 failed, 1 gone" in proc.stderr
+    kinds = [_kind(c) for c in calls]
+    assert "create" not in kinds and "delete" not in kinds and kinds.count("start") == 3
+    assert kinds.count("ssh") == 2  # tpu_stop.sh --signal KILL before each relaunch
+    for worker in ("w0", "w1"):
+        assert len((cloud / f"launches-{worker}.jsonl").read_text().splitlines()) == 3
 
 
 # ---------------------------------------------------------------- slurm_gpu.sbatch
