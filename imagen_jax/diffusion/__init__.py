@@ -1,5 +1,6 @@
 """The pure functional diffusion core: schedules, forward process, losses, samplers (design.md §3)."""
 
+from imagen_jax.diffusion.editing import Repaint, edit, repaint_plan
 from imagen_jax.diffusion.guidance import denoise, drop_text, guided_output, null_text
 from imagen_jax.diffusion.losses import diffusion_loss, min_snr_weight, per_example_loss
 from imagen_jax.diffusion.parameterization import (
@@ -37,6 +38,7 @@ from imagen_jax.diffusion.thresholding import (
 
 __all__ = [
     "Schedule",
+    "Repaint",
     "SamplerConfig",
     "alpha_bar_table",
     "alpha_sigma",
@@ -47,6 +49,7 @@ __all__ = [
     "denoise",
     "diffusion_loss",
     "drop_text",
+    "edit",
     "discrete_logsnr",
     "dpm_solver_pp_2m_update",
     "dynamic_threshold",
@@ -61,6 +64,7 @@ __all__ = [
     "per_example_loss",
     "posterior",
     "q_sample",
+    "repaint_plan",
     "sample",
     "static_threshold",
     "target_for",

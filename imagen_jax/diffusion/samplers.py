@@ -139,6 +139,30 @@ def dpm_solver_pp_2m_update(z_t, x_hat, x_prev, logsnr_prev, logsnr_t, logsnr_s,
     return (sigma_s / sigma_t) * z_t - alpha_s * jnp.expm1(-h) * d
 
 
+def step_estimate(model_fn, z, logsnr_t, cond, uncond, guidance_weight, config: SamplerConfig):
+    """(x_hat, eps_hat) a step at log-SNR `logsnr_t` [B] moves with: guided and thresholded
+    (`denoise`); outside the config's guidance interval w = 1, which is the conditional
+    pass alone, so the unconditional one is skipped."""
+    settings = dict(prediction=config.prediction, threshold=config.threshold, quantile=config.quantile)
+    guided = lambda: denoise(model_fn, z, logsnr_t, cond, uncond, guidance_weight, **settings)  # noqa: E731
+    if uncond is not None and config.has_guidance_interval:
+        unguided = lambda: denoise(model_fn, z, logsnr_t, cond, None, **settings)  # noqa: E731
+        return jax.lax.cond(config.guided_at(logsnr_t[0]), guided, unguided)
+    return guided()
+
+
+def step_update(config: SamplerConfig, key, z, x_hat, eps_hat, x_prev, logsnr_prev, logsnr_t, logsnr_s, first):
+    """z_s from z_t by the config's rule (x_prev, logsnr_prev, first: DPM-Solver's history);
+    `key` draws this step's FRESH noise."""
+    if config.kind == "ancestral":
+        noise = jax.random.normal(key, z.shape, z.dtype)
+        return ancestral_update(z, x_hat, logsnr_t, logsnr_s, noise, config.gamma)
+    if config.kind == "ddim":
+        noise = jax.random.normal(key, z.shape, z.dtype) if config.eta > 0 else 0.0
+        return ddim_update(x_hat, eps_hat, logsnr_t, logsnr_s, noise, config.eta)
+    return dpm_solver_pp_2m_update(z, x_hat, x_prev, logsnr_prev, logsnr_t, logsnr_s, first)
+
+
 def sample(
     model_fn,
     key,
@@ -174,22 +198,10 @@ def _sample(model_fn, key, cond, uncond, guidance_weight, shape, config, dtype):
     def body(i, carry):
         z, x_prev = carry
         logsnr_t, logsnr_s = logsnr_at(i), logsnr_at(i + 1)
-        settings = dict(prediction=config.prediction, threshold=config.threshold, quantile=config.quantile)
-        guided = lambda: denoise(model_fn, z, logsnr_t, cond, uncond, guidance_weight, **settings)  # noqa: E731
-        if uncond is not None and config.has_guidance_interval:
-            # Outside the interval w = 1, which is the conditional pass alone: skip the other.
-            unguided = lambda: denoise(model_fn, z, logsnr_t, cond, None, **settings)  # noqa: E731
-            x_hat, eps_hat = jax.lax.cond(config.guided_at(logsnr_t[0]), guided, unguided)
-        else:
-            x_hat, eps_hat = guided()
-        if config.kind == "ancestral":
-            noise = jax.random.normal(jax.random.fold_in(key, i), shape, dtype)
-            z_s = ancestral_update(z, x_hat, logsnr_t, logsnr_s, noise, config.gamma)
-        elif config.kind == "ddim":
-            noise = jax.random.normal(jax.random.fold_in(key, i), shape, dtype) if config.eta > 0 else 0.0
-            z_s = ddim_update(x_hat, eps_hat, logsnr_t, logsnr_s, noise, config.eta)
-        else:
-            z_s = dpm_solver_pp_2m_update(z, x_hat, x_prev, logsnr_at(i - 1), logsnr_t, logsnr_s, i == 0)
+        x_hat, eps_hat = step_estimate(model_fn, z, logsnr_t, cond, uncond, guidance_weight, config)
+        z_s = step_update(
+            config, jax.random.fold_in(key, i), z, x_hat, eps_hat, x_prev, logsnr_at(i - 1), logsnr_t, logsnr_s, i == 0
+        )
         return jnp.where(i == n - 1, x_hat, z_s), x_hat
 
     z_1 = jax.random.normal(jax.random.fold_in(key, n), shape, dtype)
