@@ -30,6 +30,7 @@ SUBCOMMANDS: list[tuple[str, str]] = [
     ("imagen_jax.commands.params", "params"),
     ("imagen_jax.commands.eval", "eval"),
     ("imagen_jax.commands.sample", "sample"),
+    ("imagen_jax.commands.edit", "edit"),
     ("imagen_jax.commands.compile_check", "compile-check"),
     ("imagen_jax.commands.demo", "demo"),
 ]

@@ -271,3 +271,148 @@ def test_sample_cli_errors_are_clear(stages, tmp_path, args, message, capsys):
     assert main(["sample", *args, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("imagen-jax sample: error: ") and message in err and len(err.strip().splitlines()) == 1
+
+
+def test_inpainting_through_the_cascade_keeps_the_unmasked_region_at_every_stage(cascade):
+    """Every stage inpaints (RePaint jump 2, 2 resamples); the kept region of each stage's
+    output is the input resized to that stage (thresholding applies to the generated
+    region only), and each SR stage starts from the inpainted base output."""
+    from imagen_jax.data.image_ops import downsample
+    from imagen_jax.diffusion import Repaint
+    from imagen_jax.pipeline.cascade import _Edits
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    masks = np.zeros((3, 32, 32), bool)
+    masks[:, 8:24, 4:20] = True  # generate a square, keep the rest
+    batches = list(cascade.edit_batches(PROMPTS, images, masks=masks, repaint=Repaint(2, 2), seed=1, batch_size=2))
+    edits = _Edits(images, masks, 1.0, Repaint(2, 2), 0)
+    for stage, size in ((0, 16), (1, 32)):
+        out = np.concatenate([b.images[stage] for b in batches])
+        generate = edits.masks_at(size, np.arange(3))[..., 0] > 0
+        strided = masks[:, :: 32 // size, :: 32 // size]
+        assert np.all(generate[strided]) and generate.sum() <= 1.6 * strided.sum()  # the square, a pixel wider
+        keep = ~generate
+        expected = np.stack([downsample(im, size) for im in images])
+        assert out.shape == (3, size, size, 3)
+        np.testing.assert_array_equal(out[keep], expected[keep])
+        assert np.abs(out[~keep].astype(int) - expected[~keep]).mean() > 10  # the square is new
+    # Image-to-image at strength 1 is plain sampling, image for image.
+    plain = np.concatenate([b.images[0] for b in cascade.sample_batches(PROMPTS, seed=2, batch_size=2)])
+    again = np.concatenate([b.images[0] for b in cascade.edit_batches(PROMPTS, images, seed=2, batch_size=2)])
+    np.testing.assert_array_equal(plain, again)
+    # SR only: 16 px images through the SR stage.
+    small = images[:, ::2, ::2]
+    sr = list(cascade.edit_batches(PROMPTS[:2], small[:2], start_stage=1, seed=0, batch_size=2))
+    assert len(sr[0].images) == 1 and sr[0].images[0].shape == (2, 32, 32, 3)
+    with pytest.raises(ValueError, match="2 images for 3 prompts"):
+        cascade.edit_batches(PROMPTS, images[:2])
+    with pytest.raises(ValueError, match="strength must be in"):
+        cascade.edit_batches(PROMPTS, images, strength=0.0)
+
+
+def _png(path, array):
+    from PIL import Image
+
+    Image.fromarray(array).save(path)
+    return str(path)
+
+
+def test_edit_cli_inpaints_and_transforms_and_sample_super_resolves_your_images(stages, tmp_path, capsys):
+    rng = np.random.default_rng(1)
+    image = _png(tmp_path / "in.png", rng.integers(0, 256, (40, 48, 3), dtype=np.uint8))  # not square
+    mask_array = np.zeros((40, 48), np.uint8)
+    mask_array[10:30, 12:36] = 255
+    mask_array[0, 0] = 100  # a gray pixel: kept (< 128)
+    mask = _png(tmp_path / "mask.png", mask_array)
+    workdirs = ["--workdir", stages["base"], "--workdir", stages["sr"]]
+    out = tmp_path / "inpainted"
+    code = main(
+        ["edit", *workdirs, "--image", image, "--mask", mask, "--prompt", "a red circle", "--out", str(out)]
+        + ["--resamples", "2", "--jump-length", "2", "--no-progress"]
+    )
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "in.png: 48x40, center-cropped to 40x40 and resized to 32x32 (the last stage's 32 px)" in err
+    assert "mask.png: 1 gray pixels; white (>= 128) is generated, darker is kept" in err
+    entry = json.loads((out / "manifest.jsonl").read_text())
+    assert entry["prompt"] == "a red circle" and (out / entry["image"]).exists()
+    assert sorted(os.listdir(out / "stages")) == ["0_base"]
+    settings = json.loads((out / "settings.json").read_text())
+    assert settings["repaint"] == [2, 2] and settings["masks"] == [mask] and settings["strength"] == 1.0
+
+    code = main(
+        ["edit", *workdirs, "--image", image, "--strength", "0.5", "--prompt", "x", "--out", str(tmp_path / "i2i")]
+    )
+    assert code == 0 and (tmp_path / "i2i" / "manifest.jsonl").exists()
+
+    small = _png(tmp_path / "small.png", rng.integers(0, 256, (16, 16, 3), dtype=np.uint8))
+    code = main(
+        [
+            "sample",
+            *workdirs,
+            "--from-stage",
+            "1",
+            "--images",
+            small,
+            "--prompt",
+            "a cat",
+            "--out",
+            str(tmp_path / "sr"),
+        ]
+        + ["--no-progress"]
+    )
+    assert code == 0
+    entry = json.loads((tmp_path / "sr" / "manifest.jsonl").read_text())
+    from PIL import Image
+
+    assert Image.open(tmp_path / "sr" / entry["image"]).size == (32, 32)
+    assert not (tmp_path / "sr" / "stages").exists()  # stage 1 is the last: no earlier stage to write
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--image", "{img}", "--prompt", "x"], "nothing to edit: give --mask"),
+        (["--image", "{img}", "--prompt", "x", "--strength", "1.5"], "--strength must be in (0, 1]"),
+        (["--image", "{img}", "--mask", "{wide}", "--prompt", "x"], "give a mask of the image's size"),
+        (["--image", "{img}", "--mask", "{black}", "--prompt", "x"], "has no white pixel: nothing to inpaint"),
+        (["--image", "{root}/none.png", "--strength", "0.5", "--prompt", "x"], "does not exist"),
+        (["--image", "{bad}", "--strength", "0.5", "--prompt", "x"], "pass a PNG or JPEG file"),
+        (
+            [
+                "--image",
+                "{img}",
+                "--image",
+                "{img}",
+                "--strength",
+                "0.5",
+                "--prompt",
+                "x",
+                "--prompt",
+                "y",
+                "--prompt",
+                "z",
+            ],
+            "give one prompt for all images or one per image (2), got 3",
+        ),
+        (
+            ["--image", "{img}", "--strength", "0.5", "--resamples", "3", "--prompt", "x"],
+            "--resamples is for inpainting",
+        ),
+    ],
+)
+def test_edit_cli_errors_name_the_fix(stages, tmp_path, args, message, capsys):
+    names = {
+        "img": _png(tmp_path / "img.png", np.zeros((16, 16, 3), np.uint8)),
+        "wide": _png(tmp_path / "wide.png", np.full((16, 32), 255, np.uint8)),
+        "black": _png(tmp_path / "black.png", np.zeros((16, 16), np.uint8)),
+        "root": str(tmp_path),
+    }
+    (tmp_path / "bad.png").write_bytes(b"not an image")
+    names["bad"] = str(tmp_path / "bad.png")
+    args = [a.format(**names) for a in args]
+    code = main(["edit", "--workdir", stages["base"], *args, "--out", str(tmp_path / "o"), "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("imagen-jax edit: error: ") and message in err and len(err.strip().splitlines()) == 1

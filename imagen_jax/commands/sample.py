@@ -4,6 +4,9 @@
   imagen-jax sample --workdir base64 --workdir sr256 --workdir sr1024 --prompts-file coco.txt \
       --out gs://bucket/samples --batch-size 64 --param-dtype bfloat16
 
+  imagen-jax sample --workdir base64 --workdir sr256 --workdir sr1024 --from-stage 1 \
+      --images my_64px_images/ --prompt "a photo" --out upscaled/      # SR only
+
 --workdir once per stage, base first. Each finished batch is written at once:
 <out>/<index>_<prompt>.png (final stage), each earlier stage's images under
 <out>/stages/<i>_<workdir name>/, <out>/manifest.jsonl (for `imagen-jax eval --manifest`) and
@@ -41,6 +44,25 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts-file", help="text file, one prompt per line")
+    parser.add_argument(
+        "--from-stage",
+        type=int,
+        default=0,
+        help="start at this SR stage (1 = the second --workdir) from --images instead of from the base stage",
+    )
+    parser.add_argument(
+        "--images",
+        action="append",
+        default=[],
+        help="with --from-stage: the input images (files or a folder; resized to the stage's input size), "
+        "one prompt for all or one per image",
+    )
+    add_output_arguments(parser)
+    parser.set_defaults(run=run, accepts_config_overrides=True)
+
+
+def add_output_arguments(parser) -> None:
+    """Options `sample` and `edit` share: where and how the cascade runs and writes."""
     parser.add_argument("--out", required=True, help="output folder (local or gs://)")
     parser.add_argument("--seed", type=int, default=0, help="sampling seed (default 0)")
     parser.add_argument(
@@ -61,7 +83,6 @@ def add_parser(subparsers) -> None:
     )
     parser.add_argument("--no-stages", action="store_true", help="write the final stage's images only")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.set_defaults(run=run, accepts_config_overrides=True)
 
 
 def stage_overrides(overrides: list[str], num_stages: int) -> list[list[str]]:
@@ -96,17 +117,82 @@ def read_prompts(prompts: list[str], prompts_file: str | None) -> list[str]:
 
 
 def run(args) -> int:
-    import hashlib
+    from imagen_jax.pipeline.edit_inputs import pair, read_images
 
+    prompts = read_prompts(args.prompt, args.prompts_file)
+    first = args.from_stage
+    extra, images = {}, None
+    if first:
+        if not args.images:
+            raise ValueError(f"--from-stage {first} starts from your images: give them with --images FILE_OR_FOLDER.")
+        if not 0 < first < len(args.workdir):
+            raise ValueError(f"--from-stage must be an SR stage, 1..{len(args.workdir) - 1} (0 is the base stage).")
+        paths = image_paths(args.images)
+        prompts = pair(prompts, len(paths), "prompt")
+        size = stage_sizes(args)[first][1]
+        images = read_images(paths, size, purpose=f"stage {first}'s {size} px input", log=_note)
+        extra = {"from_stage": first, "images": paths}
+    elif args.images:
+        raise ValueError(
+            "--images needs --from-stage K (an SR stage); to edit images at the base stage use imagen-jax edit."
+        )
+    cascade, overrides = open_cascade(args)  # after the inputs are read: bad ones fail fast
+
+    def batches(skip):
+        options = dict(seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress, skip=skip)
+        if images is None:
+            return cascade.sample_batches(prompts, **options)
+        return cascade.edit_batches(prompts, images, start_stage=first, **options)
+
+    write_cascade_outputs(args, cascade, overrides, prompts, batches, first_stage=first, extra_settings=extra)
+    return 0
+
+
+def _note(message: str) -> None:
     import jax
+
+    if jax.process_index() == 0:
+        print(message, file=sys.stderr)
+
+
+def image_paths(items: list[str]) -> list[str]:
+    """Image files from --images / --image items: files, or folders of PNG / JPEG files (sorted)."""
+    from imagen_jax.eval.image_io import list_images
+
+    paths = []
+    for item in items:
+        paths += list_images(item) if storage.path(item).is_dir() else [item]
+    return paths
+
+
+def stage_sizes(args) -> list[tuple[int, int]]:
+    """(output side, low-res input side) of each --workdir's stage with its --config
+    overrides, read from the workdirs' config.json alone (no checkpoint, no encoder)."""
+    import ml_collections
+
+    from imagen_jax.config import apply_overrides, to_dict
+    from imagen_jax.pipeline.stage_params import read_stage_config
+    from imagen_jax.pipeline.stage_sampler import sampling_sizes
+
+    overrides = stage_overrides(args.config_overrides, len(args.workdir))
+    sizes = []
+    for workdir, items in zip(args.workdir, overrides):
+        config = read_stage_config(workdir)
+        if items:
+            config = to_dict(apply_overrides(ml_collections.ConfigDict(config), items))
+        sizes.append(sampling_sizes(config))
+    return sizes
+
+
+def open_cascade(args):
+    """(the Cascade of args.workdir on the mesh args.mesh_fsdp asks for, the per-stage
+    sampling overrides); paths checked first."""
     import jax.numpy as jnp
 
     from imagen_jax.parallel import initialize, make_mesh
     from imagen_jax.pipeline.cascade import Cascade
-    from imagen_jax.pipeline.outputs import SampleWriter
 
     initialize()
-    prompts = read_prompts(args.prompt, args.prompts_file)
     for workdir in args.workdir:
         storage.check_access(workdir, write=False)
     storage.check_access(args.out, write=True)
@@ -118,8 +204,22 @@ def run(args) -> int:
         mesh=mesh,
         param_dtype=jnp.bfloat16 if args.param_dtype == "bfloat16" else None,
     )
+    return cascade, overrides
+
+
+def write_cascade_outputs(args, cascade, overrides, prompts, batches, *, first_stage=0, extra_settings=None):
+    """Print each stage's settings, then write every batch of `batches(skip)` (the cascade's
+    batch generator) with a SampleWriter under args.out: resumable, refused when args.out
+    holds other settings."""
+    import hashlib
+
+    import jax
+
+    from imagen_jax.pipeline.outputs import SampleWriter
+
     stages = []
-    for i, stage in enumerate(cascade.stages):
+    for i in range(first_stage, len(cascade.stages)):
+        stage = cascade.stages[i]
         settings = {
             "workdir": args.workdir[i],
             "checkpoint_step": cascade.checkpoint_steps[i],
@@ -133,13 +233,11 @@ def run(args) -> int:
             "overrides": overrides[i],
         }
         stages.append(settings)
-        if jax.process_index() == 0:
-            print(
-                f"stage {i} {cascade.names[i]}: {stage.image_size} px, {stage.sampler.kind} "
-                f"{stage.sampler.num_steps} steps, w={stage.guidance_weight:g}, threshold={stage.sampler.threshold}"
-                + (f", aug_level={stage.aug_level:g}" if stage.is_super_resolution else ""),
-                file=sys.stderr,
-            )
+        _note(
+            f"stage {i} {cascade.names[i]}: {stage.image_size} px, {stage.sampler.kind} "
+            f"{stage.sampler.num_steps} steps, w={stage.guidance_weight:g}, threshold={stage.sampler.threshold}"
+            + (f", aug_level={stage.aug_level:g}" if stage.is_super_resolution else "")
+        )
     settings = {
         "prompts": len(prompts),
         "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
@@ -147,18 +245,15 @@ def run(args) -> int:
         "batch_size": min(args.batch_size, len(prompts)),
         "param_dtype": args.param_dtype,
         "stages": stages,
+        **(extra_settings or {}),
     }
     last = len(cascade.stages) - 1
-    kept = ([] if args.no_stages else list(range(last))) + [last]  # stages whose images are written
+    kept = ([] if args.no_stages else list(range(first_stage, last))) + [last]  # stages whose images are written
     dirs = [f"stages/{i}_{cascade.names[i]}" for i in kept[:-1]] + [""]
     writer = SampleWriter(args.out, prompts, settings=settings, stage_dirs=dirs)
-    batches = cascade.sample_batches(
-        prompts, seed=args.seed, batch_size=args.batch_size, progress=not args.no_progress, skip=writer.done
-    )
-    for batch in batches:
-        batch.images = [batch.images[i] for i in kept]
+    for batch in batches(writer.done):
+        batch.images = [batch.images[i - first_stage] for i in kept]
         writer.write(batch)
     count = writer.finish()
     if jax.process_index() == 0:
         print(f"wrote {count} images of {cascade.stages[-1].image_size} px to {args.out} (manifest.jsonl, grid.png)")
-    return 0

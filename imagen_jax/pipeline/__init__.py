@@ -2,7 +2,7 @@
 
 from imagen_jax.pipeline.cascade import Cascade, CascadeOutput, SampledBatch
 from imagen_jax.pipeline.stage_params import WorkdirError, load_ema_params, read_stage_config
-from imagen_jax.pipeline.stage_sampler import ModelFn, StageConfig, sample_stage
+from imagen_jax.pipeline.stage_sampler import ModelFn, StageConfig, edit_stage, sample_stage
 
 __all__ = [
     "Cascade",
@@ -11,6 +11,7 @@ __all__ = [
     "SampledBatch",
     "StageConfig",
     "WorkdirError",
+    "edit_stage",
     "load_ema_params",
     "read_stage_config",
     "sample_stage",

@@ -28,11 +28,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from imagen_jax import storage
 from imagen_jax.config import apply_overrides, to_dict
+from imagen_jax.data.image_ops import downsample, to_signed_unit
+from imagen_jax.diffusion.editing import Repaint
 from imagen_jax.images import to_uint8
 from imagen_jax.parallel import DEFAULT_RULES, activation_sharding, make_mesh
 from imagen_jax.pipeline.batch_rows import host_rows, local_rows, rows_sharding, to_global
 from imagen_jax.pipeline.stage_params import WorkdirError, load_ema_params, read_stage_config
-from imagen_jax.pipeline.stage_sampler import StageConfig, sample_stage
+from imagen_jax.pipeline.stage_sampler import StageConfig, edit_stage, sample_stage
 
 
 @dataclasses.dataclass
@@ -55,6 +57,45 @@ class SampledBatch:
     number: int
     indices: np.ndarray
     images: list[np.ndarray]
+
+
+@dataclasses.dataclass
+class _Edits:
+    """What `Cascade.edit_batches` starts from: uint8 images [N, H, W, 3], masks [N, H, W]
+    (nonzero = generate) or None, and where and how editing applies."""
+
+    images: np.ndarray
+    masks: np.ndarray | None
+    strength: float
+    repaint: Repaint
+    start_stage: int
+
+    def __post_init__(self):
+        if self.images.ndim != 4 or self.images.shape[-1] != 3 or self.images.shape[1] != self.images.shape[2]:
+            raise ValueError(f"images must be uint8 [N, S, S, 3] (square), got shape {self.images.shape}.")
+        if self.masks is not None and self.masks.shape != self.images.shape[:3]:
+            raise ValueError(
+                f"masks must be [N, H, W] like the images {self.images.shape[:3]}, got {self.masks.shape}."
+            )
+        if not 0.0 < float(self.strength) <= 1.0:
+            raise ValueError(f"strength must be in (0, 1], got {self.strength}.")
+
+    def edits_stage(self, index: int) -> bool:
+        """Inpainting: every stage from the first; image-to-image: the first stage only."""
+        return self.masks is not None or (index == self.start_stage and self.strength < 1.0)
+
+    def images_at(self, size: int, indices: np.ndarray) -> np.ndarray:
+        """float32 [r, size, size, 3] in [-1, 1] of the rows `indices` (antialiased bicubic)."""
+        return np.stack([to_signed_unit(downsample(self.images[i], size)) for i in indices])
+
+    def masks_at(self, size: int, indices: np.ndarray) -> np.ndarray:
+        """float32 [r, size, size, 1] in {0, 1}: 1 where any part of the pixel is to be generated."""
+        out = []
+        for i in indices:
+            generate = np.where(self.masks[i] > 0, 255, 0).astype(np.uint8)
+            area = downsample(np.repeat(generate[..., None], 3, axis=-1), size, method="bilinear")[..., :1]
+            out.append((area > 0).astype(np.float32))
+        return np.stack(out)
 
 
 def _check_order(stages: Sequence[StageConfig]) -> None:
@@ -206,6 +247,46 @@ class Cascade:
         job); the batch is skipped when every process says so. stage_settings[i] changes stage
         i's StageConfig for this call (e.g. [{"guidance_weight": 8.0}, {"aug_level": 0.2}]).
         """
+        return self._batches(prompts, seed, batch_size, progress, stage_settings, skip, edits=None)
+
+    def edit_batches(
+        self,
+        prompts: Sequence[str],
+        images: np.ndarray,
+        *,
+        masks: np.ndarray | None = None,
+        strength: float = 1.0,
+        repaint: Repaint = Repaint(),
+        start_stage: int = 0,
+        seed: int = 0,
+        batch_size: int = 16,
+        progress: bool = False,
+        stage_settings: Sequence[dict] | None = None,
+        skip: Callable[[int, np.ndarray], bool] | None = None,
+    ) -> Iterator[SampledBatch]:
+        """`sample_batches` that starts from user images: images uint8 [N, H, W, 3] (square,
+        any size; resized to each stage's size), one per prompt.
+
+        start_stage K: the stages before K are skipped; an SR stage K takes the images as
+        its low-res input (e.g. K = 1: super-resolve 64 px images through sr256 and sr1024).
+        strength < 1: stage K starts from the images noised to that strength
+        (image-to-image); later stages sample from its output. masks [N, H, W] (1 / True =
+        generate, 0 = keep): every stage from K on inpaints (RePaint resampling `repaint`),
+        the mask and the images resized to its size (a mask pixel is generated at a stage
+        when any part of it is), each SR stage conditioned on the inpainted output before it;
+        the kept region of every stage's output is the resized input. SampledBatch.images
+        holds the outputs of stages K, K + 1, ...
+        """
+        if not 0 <= start_stage < len(self.stages):
+            raise ValueError(f"start_stage must be in [0, {len(self.stages)}), got {start_stage}.")
+        edits = _Edits(np.asarray(images), None if masks is None else np.asarray(masks), strength, repaint, start_stage)
+        if len(edits.images) != len(prompts):
+            raise ValueError(f"{len(edits.images)} images for {len(prompts)} prompts; give one image per prompt.")
+        if start_stage > 0 and not self.stages[start_stage].is_super_resolution:
+            raise ValueError(f"stage {start_stage} is not a super-resolution stage.")
+        return self._batches(prompts, seed, batch_size, progress, stage_settings, skip, edits=edits)
+
+    def _batches(self, prompts, seed, batch_size, progress, stage_settings, skip, edits) -> Iterator[SampledBatch]:
         from tqdm.auto import tqdm
 
         prompts = list(prompts)
@@ -214,6 +295,7 @@ class Cascade:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         stages = self._with_settings(stage_settings)
+        first = 0 if edits is None else edits.start_stage
         batch_size = min(batch_size, len(prompts))
         sharding = rows_sharding(self.mesh, batch_size)
         rows = host_rows(sharding, batch_size)
@@ -229,11 +311,33 @@ class Cascade:
                     bar.update(min(batch_size, len(prompts) - start))
                     continue
                 embedding, mask = self._encode_rows([prompts[i] for i in indices], rows, sharding, batch_size)
+
+                def put(local):
+                    return to_global(local, rows, sharding, batch_size)
+
                 images, x = [], None
-                for i, stage in enumerate(stages):
+                if first > 0:  # an SR stage starts from the user's images
+                    x = put(edits.images_at(stages[first].low_res_size, indices))
+                for i in range(first, len(stages)):
+                    stage = stages[i]
                     key = jax.random.fold_in(jax.random.fold_in(root, i), b)
                     with activation_sharding(self.mesh, self.rules):
-                        x = sample_stage(self.params[i], embedding, mask, key, config=stage, low_res=x)
+                        if edits is not None and edits.edits_stage(i):
+                            size = stage.image_size
+                            x = edit_stage(
+                                self.params[i],
+                                embedding,
+                                mask,
+                                key,
+                                config=stage,
+                                image=put(edits.images_at(size, indices)),
+                                mask=None if edits.masks is None else put(edits.masks_at(size, indices)),
+                                strength=edits.strength if i == first else 1.0,
+                                repaint=edits.repaint,
+                                low_res=x,
+                            )
+                        else:
+                            x = sample_stage(self.params[i], embedding, mask, key, config=stage, low_res=x)
                     images.append(to_uint8(local_rows(x, rows)[real]))
                 bar.update(min(batch_size, len(prompts) - start))
                 yield SampledBatch(b, indices[real], images)

@@ -3,6 +3,7 @@ for import use (design.md §3: guidance, thresholding; SR: noise conditioning au
 
     stage = StageConfig.from_config(train_config)          # static, hashable
     images = sample_stage(params, text_embedding, text_mask, key, config=stage, low_res=...)
+    edited = edit_stage(params, text_embedding, text_mask, key, config=stage, image=..., mask=...)
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import jax.numpy as jnp
 from imagen_jax.config import is_super_resolution, upgrade_saved_config
 from imagen_jax.diffusion import SamplerConfig, Schedule, null_text, q_sample
 from imagen_jax.diffusion import sample as diffusion_sample
+from imagen_jax.diffusion.editing import Repaint
+from imagen_jax.diffusion.editing import edit as diffusion_edit
 
 
 def _sampler(config: dict) -> SamplerConfig:
@@ -140,6 +143,60 @@ def sample_stage(params, text_embedding, text_mask, key, *, config: StageConfig,
     design.md §3) with its own noise and passed with its log-SNR to both guidance passes
     alike. Pure: same inputs, same images.
     """
+    cond, uncond, sample_key = _conditions(text_embedding, text_mask, key, config, low_res)
+    batch = text_embedding.shape[0]
+    return diffusion_sample(
+        jax.tree_util.Partial(ModelFn(config.model), params),
+        sample_key,
+        (batch, config.image_size, config.image_size, config.channels),
+        config=config.sampler,
+        cond=cond,
+        uncond=uncond,
+        guidance_weight=config.guidance_weight,
+    )
+
+
+def edit_stage(
+    params,
+    text_embedding,
+    text_mask,
+    key,
+    *,
+    config: StageConfig,
+    image,
+    mask=None,
+    strength=1.0,
+    repaint: Repaint = Repaint(),
+    low_res=None,
+):
+    """One stage editing `image` [B, S, S, C] in [-1, 1] (S = config.image_size; diffusion/editing.py):
+    image-to-image from `strength` in (0, 1], inpainting where `mask` [B, S, S, 1] is 1
+    (0: kept, and equal to `image` in the output), with RePaint resampling `repaint`.
+    Otherwise as `sample_stage` (guidance, SR conditioning). At strength 1 without a mask
+    it returns sample_stage's images for the same key."""
+    expected = (text_embedding.shape[0], config.image_size, config.image_size, config.channels)
+    if tuple(image.shape) != expected:
+        raise ValueError(f"image has shape {tuple(image.shape)}; this stage edits {expected} images.")
+    if mask is not None and tuple(mask.shape) != expected[:3] + (1,):
+        raise ValueError(f"mask has shape {tuple(mask.shape)}; this stage needs {expected[:3] + (1,)}.")
+    cond, uncond, sample_key = _conditions(text_embedding, text_mask, key, config, low_res)
+    return diffusion_edit(
+        jax.tree_util.Partial(ModelFn(config.model), params),
+        sample_key,
+        image,
+        mask=mask,
+        strength=strength,
+        config=config.sampler,
+        repaint=repaint,
+        cond=cond,
+        uncond=uncond,
+        guidance_weight=config.guidance_weight,
+    )
+
+
+def _conditions(text_embedding, text_mask, key, config: StageConfig, low_res):
+    """(cond, uncond or None without guidance, the sampler's key) of a stage: the text,
+    and for an SR stage the noise-augmented low-res image with its log-SNR (design.md §3)."""
     if config.is_super_resolution and low_res is None:
         raise ValueError("This is a super-resolution stage: pass low_res=[B, h, w, 3] (the previous stage's images).")
     if not config.is_super_resolution and low_res is not None:
@@ -156,12 +213,4 @@ def sample_stage(params, text_embedding, text_mask, key, *, config: StageConfig,
         noisy = q_sample(low_res, aug_logsnr, jax.random.normal(aug_key, low_res.shape, low_res.dtype))
         cond = dict(cond, low_res=noisy, aug_logsnr=aug_logsnr)
         uncond = dict(uncond, low_res=noisy, aug_logsnr=aug_logsnr)
-    return diffusion_sample(
-        jax.tree_util.Partial(ModelFn(config.model), params),
-        sample_key,
-        (batch, config.image_size, config.image_size, config.channels),
-        config=config.sampler,
-        cond=cond,
-        uncond=None if config.guidance_weight == 1.0 else uncond,
-        guidance_weight=config.guidance_weight,
-    )
+    return cond, None if config.guidance_weight == 1.0 else uncond, sample_key
