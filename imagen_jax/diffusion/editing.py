@@ -94,7 +94,10 @@ def edit(
     without mask and at strength 1, x equals `sample(model_fn, key, image.shape, ...)`.
     """
     if mask is not None and config.kind == "dpm_solver_pp_2m":
-        raise ValueError("inpainting needs sampler kind 'ancestral' or 'ddim' (DPM-Solver++ has no jump back up)")
+        raise ValueError(
+            "inpainting needs sampler kind 'ancestral' or 'ddim' (DPM-Solver++'s history does not survive RePaint's "
+            "jumps back up); imagen-jax edit: --config.STAGE.sampling.sampler=ddim"
+        )
     if mask is None and repaint.resamples > 1:
         raise ValueError("RePaint resampling is for inpainting: give a mask, or Repaint() for image-to-image")
     if not isinstance(model_fn, jax.tree_util.Partial):
