@@ -184,7 +184,9 @@ def test_accumulated_step_counts_every_micro_batch(tmp_path, capsys):
         assert rc == 0
         reports[accum] = json.loads(out.read_text())
     assert reports[2]["grad_accum_steps"] == 2
-    assert reports[2]["flops_per_chip"] == pytest.approx(reports[1]["flops_per_chip"], rel=0.15)
+    # The trainer's logged TFLOP/s and MFU are this count over the measured step time: with 2
+    # micro-batches they stay within 10% of the 1-micro-batch figures (measured: +0.8%).
+    assert reports[2]["flops_per_chip"] == pytest.approx(reports[1]["flops_per_chip"], rel=0.10)
     assert reports[2]["bytes_accessed_per_chip"] > 0.7 * reports[1]["bytes_accessed_per_chip"]
     assert 0 < reports[2]["mfu"] < 1
     printed = capsys.readouterr().out
