@@ -121,6 +121,13 @@ def edit(
     )
 
 
+def plan_key_index(k, num_steps: int):
+    """The fold_in index of plan row k's noise: k itself below N (without resampling row k is
+    step k, so the keys are samplers.sample's and strength 1 reproduces it), k + 2 from N on,
+    past N and N + 1, the indices of the starting noise: no draw is ever reused."""
+    return k + 2 * (k >= num_steps)
+
+
 @functools.partial(jax.jit, static_argnums=(9, 10))
 def _edit(model_fn, key, image, mask, strength, cond, uncond, guidance_weight, plan, config, dtype):
     n = config.num_steps
@@ -143,7 +150,7 @@ def _edit(model_fn, key, image, mask, strength, cond, uncond, guidance_weight, p
 
     def down(k, i, z, x_prev):
         logsnr_t, logsnr_s = logsnr_at(i), logsnr_at(i + 1)
-        step_key = jax.random.fold_in(key, k)  # k = i without resampling: the keys of samplers.sample
+        step_key = jax.random.fold_in(key, plan_key_index(k, n))
         x_hat, eps_hat = step_estimate(model_fn, z, logsnr_t, cond, uncond, guidance_weight, config)
         z_s = step_update(config, step_key, z, x_hat, eps_hat, x_prev, logsnr_at(i - 1), logsnr_t, logsnr_s, k == 0)
         z_s = jnp.where(i == n - 1, x_hat, z_s)  # the last step lands on t = 0: the clean estimate
@@ -152,7 +159,7 @@ def _edit(model_fn, key, image, mask, strength, cond, uncond, guidance_weight, p
 
     def up(k, i, z, x_prev):  # q(z_{i-1} | z_i): back up one grid step with fresh noise
         mean, variance = transition(z, logsnr_at(i), logsnr_at(i - 1))
-        noise = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, k), 2), shape, dtype)
+        noise = jax.random.normal(jax.random.fold_in(jax.random.fold_in(key, plan_key_index(k, n)), 2), shape, dtype)
         return mean + jnp.sqrt(variance) * noise, x_prev
 
     def body(k, carry):
