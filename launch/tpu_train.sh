@@ -32,7 +32,8 @@ run started by this script is still alive on a worker (the TPU serves one proces
                        the logged metrics, not a progress bar)
   --name, --project, --zone, --dry-run   as in tpu_create.sh
 
-Supervisor mode (--restart): start the run, then stay in the foreground and watch it
+Supervisor mode (--restart): start the run (the slice must be ACTIVE and set up), then stay
+in the foreground and watch it
 every --poll seconds (default 60): the queued resource's state, and on each worker whether
 the run is running or how it ended (imagen-jax train --status-file: finished, preempted,
 failed; gone when it died without saying). When every worker says finished, exit 0.
@@ -224,6 +225,10 @@ if ((DRY_RUN)); then
   exit 0
 fi
 
+state=$(slice_state 2>/dev/null)
+if [[ $state != ACTIVE ]]; then
+  die "queued resource $NAME is $state, not ACTIVE: start the supervisor once the slice is ACTIVE and set up (tpu_create.sh, tpu_status.sh --queue-only, tpu_setup.sh)"
+fi
 restarts=0
 start_run
 while true; do

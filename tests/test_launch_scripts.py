@@ -661,8 +661,8 @@ def test_restart_errors(config_dir):
     assert "--max-restarts expects a whole number" in fails("tpu_train.sh", *args, *RESTART, "--max-restarts", "-1")
 
 
-def supervise(tmp_path, config_dir, scenario, *extra):
-    """tpu_train.sh --restart against the fake slice of fake_tpu_cloud.py (2 workers, ACTIVE,
+def supervise(tmp_path, config_dir, scenario, *extra, state="ACTIVE"):
+    """tpu_train.sh --restart against the fake slice of fake_tpu_cloud.py (2 workers, in `state`,
     each run playing `scenario`), polling every 0.2 s, under a reaper as a worker's init is.
     Returns (the finished process, the gcloud calls, the fake cloud's root)."""
     sys.path.insert(0, str(FAKE_CLOUD.parent))
@@ -671,7 +671,7 @@ def supervise(tmp_path, config_dir, scenario, *extra):
     cloud = tmp_path / "cloud"
     for worker in fake_tpu_cloud.WORKERS:
         (cloud / "workers" / worker).mkdir(parents=True)
-    (cloud / "state").write_text("ACTIVE")
+    (cloud / "state").write_text(state)
     (cloud / "scenario.json").write_text(json.dumps(scenario))
     bin_dir = tmp_path / "cloud_bin"
     bin_dir.mkdir()
@@ -724,7 +724,7 @@ def test_supervisor_recreates_a_preempted_slice_sets_it_up_and_resumes_the_run(t
     assert "run run finished on every worker (2 finished)" in proc.stderr
     kinds = _collapse([_kind(c) for c in calls])
     restart = kinds.index("delete")
-    assert kinds[:3] == ["mkdir", "scp", "start"] and set(kinds[3:restart]) == {"describe", "watch"}
+    assert kinds[:4] == ["describe", "mkdir", "scp", "start"] and set(kinds[4:restart]) == {"describe", "watch"}
     assert kinds[restart : restart + 7] == ["delete", "create", "describe", "setup", "mkdir", "scp", "start"]
     assert set(kinds[restart + 7 :]) == {"describe", "watch"} and kinds[-1] == "watch"
     create = next(c for c in calls if _kind(c) == "create")
@@ -735,6 +735,12 @@ def test_supervisor_recreates_a_preempted_slice_sets_it_up_and_resumes_the_run(t
         assert launches[0][launches[0].index("--workdir") + 1] == "gs://b/run"
         assert (cloud / "workers" / worker / "imagen_jax_runs/run/configs/base64_2b.py").exists()
         assert (cloud / "workers" / worker / "imagen_jax_logs/run.status").read_text() == "finished\n"
+
+
+def test_supervisor_refuses_a_slice_that_is_not_active(tmp_path, config_dir):
+    proc, calls, _ = supervise(tmp_path, config_dir, [{"w0": "finish", "w1": "finish"}], state="PROVISIONING")
+    assert proc.returncode == 2 and [_kind(c) for c in calls] == ["describe"]
+    assert "queued resource pod is PROVISIONING, not ACTIVE: start the supervisor once" in proc.stderr
 
 
 def test_supervisor_relaunches_on_the_same_slice_after_a_failure_and_stops_at_the_limit(tmp_path, config_dir):
