@@ -32,10 +32,11 @@ run started by this script is still alive on a worker (the TPU serves one proces
                        the logged metrics, not a progress bar)
   --name, --project, --zone, --dry-run   as in tpu_create.sh
 
-Supervisor mode (--restart): start the run (the slice must be ACTIVE and set up), then stay
-in the foreground and watch it every --poll seconds (default 60): the queued resource's state, and on each worker whether
-the run is running or how it ended (imagen-jax train --status-file: finished, preempted,
-failed; gone when it died without saying). When every worker says finished, exit 0.
+Supervisor mode (--restart): start the run (the slice must be ACTIVE and set up), then
+stay in the foreground and watch it every --poll seconds (default 60): the queued
+resource's state, and on each worker whether the run is running or how it ended
+(imagen-jax train --status-file: finished, preempted, failed; gone when it died without
+saying). When every worker says finished, exit 0.
 When the slice is no longer ACTIVE (a spot preemption, a failed host) the supervisor
 deletes the queued resource, creates it again (tpu_create.sh with --accelerator,
 --runtime, --spot/--reserved), waits until it is ACTIVE, installs the package
