@@ -23,6 +23,9 @@ Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
   train.init_from           '' or a trained stage's workdir: a fresh run starts from its latest
                             params and EMA params (same model section; the resolution may differ)
   train.sample_every        steps between sample grids (0 = never); train.sample_prompts
+  eval.*                    in-loop FID and CLIP score (defaults: imagen_jax.config.EVAL_DEFAULTS):
+                            every (0 = never), num_images, batch_size, inception_weights, clip,
+                            reference_split, reference_images
   checkpoint.every / keep / async_save
   mesh.data / mesh.fsdp     device mesh (-1: all remaining devices); mesh.rules: None = defaults
   sampling.*                how the stage samples (grids, `imagen-jax sample`, the cascade;
@@ -37,7 +40,7 @@ Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
 
 import ml_collections
 
-from imagen_jax.config import SAMPLING_DEFAULTS
+from imagen_jax.config import EVAL_DEFAULTS, SAMPLING_DEFAULTS
 
 SAMPLE_PROMPTS = (
     "a red circle on a white background",
@@ -106,4 +109,5 @@ def add_training_sections(
     config.checkpoint = ml_collections.ConfigDict(dict(every=checkpoint_every, keep=3, async_save=True))
     config.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, rules=None))
     config.sampling = ml_collections.ConfigDict(SAMPLING_DEFAULTS)
+    config.eval = ml_collections.ConfigDict(EVAL_DEFAULTS)
     return config

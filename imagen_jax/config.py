@@ -131,6 +131,19 @@ SAMPLING_DEFAULTS = dict(
     guidance_logsnr_min=None,
     guidance_logsnr_max=None,
 )
+# In-loop evaluation (imagen_jax/train/in_loop_eval.py): every `every` steps (0 = never),
+# `num_images` samples of the data split's first captions (a multiple of the device count),
+# FID against `reference_images` images of `reference_split` ('' = data.split) with the
+# Inception weights file `inception_weights`, CLIP score with the checkpoint `clip` ('' = off).
+EVAL_DEFAULTS = dict(
+    every=0,
+    num_images=64,
+    batch_size=64,
+    inception_weights="",
+    clip="",
+    reference_split="",
+    reference_images=10_000,
+)
 # Fields of the `diffusion` section older config.json files may lack, at their values then.
 _DIFFUSION_DEFAULTS = dict(prediction="eps", aug_schedule={"kind": "cosine"})
 
@@ -145,7 +158,7 @@ def is_super_resolution(config) -> bool:
 def upgrade_saved_config(saved: dict) -> dict:
     """A stage config as a dict of today's fields: a workdir's config.json (the one reader of
     older workdirs; they still resume and sample) or a ConfigDict. Fields added since fill in
-    with their defaults (SAMPLING_DEFAULTS, the diffusion prediction and augmentation
+    with their defaults (SAMPLING_DEFAULTS, EVAL_DEFAULTS, the diffusion prediction and augmentation
     schedule). Values older versions set beside their source are dropped when they agree with
     it (an unequal one stays and shows as a config difference): optimizer.total_steps
     (train.steps), stage and model.low_res_conditioning (low_res_resolution), data.crop_size
@@ -157,6 +170,8 @@ def upgrade_saved_config(saved: dict) -> dict:
         saved.setdefault("sampling", {}).setdefault(key, value)
     for key, value in _DIFFUSION_DEFAULTS.items():
         saved.setdefault("diffusion", {}).setdefault(key, value)
+    for key, value in EVAL_DEFAULTS.items():
+        saved.setdefault("eval", {}).setdefault(key, value)
     optimizer, train = saved.get("optimizer") or {}, saved.get("train") or {}
     if "total_steps" in optimizer and optimizer["total_steps"] == train.get("steps"):
         del optimizer["total_steps"]

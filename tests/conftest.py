@@ -16,3 +16,6 @@ os.environ["GCE_METADATA_HOST"] = os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
 
 from gcs_server import gcs, gcs_mount  # noqa: E402,F401  (fixtures)
+from torchvision_cpu import make_torchvision_importable  # noqa: E402
+
+make_torchvision_importable()  # transformers and pytorch-fid import torchvision (see there)

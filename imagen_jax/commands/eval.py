@@ -1,4 +1,10 @@
-"""`imagen-jax eval`: prompt accuracy and SR fidelity on the shapes dataset.
+"""`imagen-jax eval`: FID and CLIP score; prompt accuracy and SR fidelity on the shapes dataset.
+
+  imagen-jax eval fid --images DIR_OR_GLOB --reference DATASET_OR_NPZ --inception-weights FILE
+  imagen-jax eval clip --images DIR_OR_GLOB --prompts prompts.txt --clip CLIP_DIR   (or --manifest)
+  imagen-jax eval coco --workdir base --workdir sr --dataset NAME --num-samples 30000 \
+      --out samples/ --inception-weights FILE --clip CLIP_DIR     captions -> cascade -> FID + CLIP
+  (each: imagen-jax eval fid --help)
 
   imagen-jax eval --images DIR --prompts prompts.txt    image i (natural file order) <-> line i
   imagen-jax eval --manifest manifest.json              [{"image": path, "prompt": text}, ...]
@@ -41,6 +47,9 @@ def add_parser(subparsers) -> None:
     parser.add_argument("--per-image", action="store_true", help="add each image's outcome to the JSON")
     parser.add_argument("--output", default="eval.json", help="JSON file to write (default eval.json)")
     parser.set_defaults(run=run)
+    from imagen_jax.commands import eval_metrics
+
+    eval_metrics.add_parsers(parser)
 
 
 def _read_prompts(path: str) -> list[str]:
@@ -105,6 +114,10 @@ def _load_sr(args):
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "metric", None):
+        from imagen_jax.commands import eval_metrics
+
+        return eval_metrics.run(args)
     from imagen_jax.eval.prompt_accuracy import prompt_accuracy
     from imagen_jax.eval.report import accuracy_table, fidelity_table, write_json
     from imagen_jax.eval.sr_fidelity import sr_fidelity

@@ -13,8 +13,8 @@ from imagen_jax import storage
 
 # Files of which at least one marks a directory as holding a saved Hugging Face tokenizer.
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "spiece.model")
-# Read with them when present (the model type, special tokens).
-TOKENIZER_SIDE_FILES = ("config.json", "special_tokens_map.json", "added_tokens.json")
+# Read with them when present (the model type, special tokens; a BPE tokenizer's vocabulary, e.g. CLIP's).
+TOKENIZER_SIDE_FILES = ("config.json", "special_tokens_map.json", "added_tokens.json", "vocab.json", "merges.txt")
 
 
 def byt5_tokenizer():

@@ -26,6 +26,7 @@ from imagen_jax.parallel import batch_axis_size, initialize, make_mesh, rules_fr
 from imagen_jax.pipeline.stage_sampler import StageConfig
 from imagen_jax.train.checkpoints import Checkpoints, abstract_like
 from imagen_jax.train.hardware import peak_tflops
+from imagen_jax.train.in_loop_eval import TrainingEval, check_eval_config
 from imagen_jax.train.inputs import load_encoder, prepare_data, train_iterator
 from imagen_jax.train.metrics import MetricsWriter, finished_step, last_logged
 from imagen_jax.train.preemption import Preemption
@@ -86,6 +87,7 @@ def train(
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp)
     rules = rules_from_config(config.mesh.get("rules", None))
     _check_batch(config, mesh)
+    check_eval_config(config, mesh)
     cache_dir = prepare_data(config, mesh, rules)
     tokens = encodes_tokens(config)
     # The encoder is loaded only where it is used: by the step (tokens) or for the preview prompts.
@@ -120,6 +122,7 @@ def train(
 
     peak = peak_tflops(jax.devices()[0].device_kind)
     preview = preview_inputs(config, encoder, cache_dir) if config.train.sample_every else None
+    evaluation = TrainingEval(config, encoder, cache_dir, mesh) if config.get("eval") and config.eval.every else None
     if not tokens:
         encoder = None  # the preview prompts are encoded: free the encoder's memory
     preview_stage = StageConfig.from_config(config) if preview else None
@@ -169,6 +172,8 @@ def train(
                 saved = checkpoints.save(step, state, config_json, position, force=step == total)
                 if config.train.sample_every and (step % config.train.sample_every == 0 or step == total):
                     write_sample_grid(config, preview_stage, state.ema_params, preview, step, workdir, writer, mesh)
+                if evaluation is not None and evaluation.due(step, total):
+                    writer.scalars(step, evaluation(state.ema_params), section="eval")
                 if preemption.requested_at(step):
                     log.warning("SIGTERM: saving step %d and stopping", step)
                     if not saved:

@@ -11,10 +11,15 @@ from imagen_jax import storage
 
 
 def last_logged(workdir: str) -> dict:
-    """The last line of a run's metrics.jsonl without its step ({} when there is none)."""
+    """The last training line of a run's metrics.jsonl without its step ({} when there is
+    none); in-loop evaluation lines (eval/...) are skipped."""
     path = storage.path(workdir) / "metrics.jsonl"
     lines = path.read_text().splitlines() if path.exists() else []
-    return {k: v for k, v in json.loads(lines[-1]).items() if k != "step"} if lines else {}
+    for line in reversed(lines):
+        values = {k: v for k, v in json.loads(line).items() if k != "step"}
+        if not all(k.startswith("eval/") for k in values):
+            return values
+    return {}
 
 
 def finished_step(workdir: str) -> int:
@@ -44,13 +49,16 @@ class MetricsWriter:
         )
         self.tb = SummaryWriter(storage.join(workdir, "tensorboard"))
 
-    def scalars(self, step: int, values: dict) -> None:
-        if not self.enabled:
+    def scalars(self, step: int, values: dict, section: str = "train") -> None:
+        """One metrics.jsonl line (keys prefixed "SECTION/" except for "train") and the
+        TensorBoard scalars SECTION/NAME."""
+        if not self.enabled or not values:
             return
-        self.jsonl.write((json.dumps({"step": step, **values}) + "\n").encode())
+        keys = {name: name if section == "train" else f"{section}/{name}" for name in values}
+        self.jsonl.write((json.dumps({"step": step, **{keys[k]: v for k, v in values.items()}}) + "\n").encode())
         self.jsonl.flush()
         for name, value in values.items():
-            self.tb.add_scalar(f"train/{name}", value, step)
+            self.tb.add_scalar(f"{section}/{name}", value, step)
 
     def image(self, step: int, name: str, image: np.ndarray) -> None:
         if self.enabled:

@@ -17,35 +17,38 @@ from imagen_jax.train.metrics import MetricsWriter
 
 def preview_inputs(config, encoder, cache_dir: str | None) -> dict:
     """Fixed inputs for the sample grids: the configured prompts encoded; for SR stages the
-    first examples of the (unshuffled) data split as low-res inputs and ground truth (their
-    captions' embeddings from the cache in `cache_dir`, or with cache_dir None (text mode
-    'tokens') their captions encoded by `encoder`)."""
-    from imagen_jax.data.pipeline import dataset_from_config
-    from imagen_jax.text.embedding_cache import EmbeddingCacheSource
-    from imagen_jax.train.inputs import caption_tokenizer
-
+    first examples of the (unshuffled) data split as low-res inputs and ground truth
+    (`first_examples`)."""
     prompts = list(config.train.sample_prompts)
     embedding, mask = encoder.encode(prompts)
     inputs = {"prompts": prompts, "text_embedding": _on_host(embedding), "text_mask": _on_host(mask)}
     if is_super_resolution(config):
-        config = config.copy_and_resolve_references()
-        config.data.shuffle, config.data.num_workers, config.data.random_crop = False, 0, False
-        if cache_dir is None:
-            text = dict(tokenize=caption_tokenizer(encoder, config.data.max_text_length))
-        else:
-            text = dict(text_embeddings=EmbeddingCacheSource(cache_dir))
-        it = iter(dataset_from_config(config, batch_size=len(prompts), process_index=0, process_count=1, **text))
-        batch = next(it)
-        if cache_dir is None:
-            embedding, _ = encoder.encode_ids(batch["text_tokens"], batch["text_mask"])
-            batch["text_embedding"] = _on_host(embedding)
-        inputs.update(
-            text_embedding=batch["text_embedding"],
-            text_mask=batch["text_mask"],
-            low_res=batch["low_res"],
-            truth=batch["image"],
-        )
+        batch = first_examples(config, encoder, cache_dir, len(prompts))
+        inputs.update({k: batch[k] for k in ("text_embedding", "text_mask", "low_res")}, truth=batch["image"])
     return inputs
+
+
+def first_examples(config, encoder, cache_dir: str | None, count: int, *, captions: bool = False) -> dict:
+    """The first `count` examples of the data split, unshuffled and center-cropped, as one
+    host batch: image, low_res (SR), text_embedding and text_mask (their captions' embeddings
+    from the cache in `cache_dir`, or with cache_dir None (text mode 'tokens') encoded by
+    `encoder`), and with `captions` the caption strings."""
+    from imagen_jax.data.pipeline import dataset_from_config
+    from imagen_jax.text.embedding_cache import EmbeddingCacheSource
+    from imagen_jax.train.inputs import caption_tokenizer
+
+    config = config.copy_and_resolve_references()
+    config.data.shuffle, config.data.num_workers, config.data.random_crop = False, 0, False
+    config.data.keep_caption = config.data.keep_caption or captions
+    if cache_dir is None:
+        text = dict(tokenize=caption_tokenizer(encoder, config.data.max_text_length))
+    else:
+        text = dict(text_embeddings=EmbeddingCacheSource(cache_dir))
+    batch = next(iter(dataset_from_config(config, batch_size=count, process_index=0, process_count=1, **text)))
+    if cache_dir is None:
+        embedding, _ = encoder.encode_ids(batch["text_tokens"], batch["text_mask"])
+        batch["text_embedding"] = _on_host(embedding)
+    return batch
 
 
 def _on_host(array: jax.Array) -> np.ndarray:
