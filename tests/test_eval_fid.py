@@ -3,6 +3,7 @@ loader), the Frechet distance against pytorch-fid's, the CLIP score formula agai
 float64 loop, sharded extraction against one device, and `imagen-jax eval fid` end to end
 on a dataset imported here."""
 
+import io
 import json
 
 import jax
@@ -252,3 +253,28 @@ def test_eval_coco_samples_the_drawn_captions_and_scores_them(tmp_path, fid_weig
     assert cli.main(manifest_argv + ["--no-progress", "--output", str(tmp_path / "clip.json")]) == 0
     again = json.loads((tmp_path / "clip.json").read_text())
     assert again["clip_score"] == pytest.approx(result["clip_score"]["clip_score"], rel=1e-6)
+
+
+def test_images_and_weights_are_read_from_gcs(gcs, fid_weights):
+    """--images globs and folders on gs:// (the GCS API server), the Inception weights there too;
+    the features equal those of the same images read locally."""
+    from imagen_jax import storage
+    from imagen_jax.commands.eval_metrics import image_files
+    from imagen_jax.eval.image_io import read_image
+    from imagen_jax.eval.scoring import FidScorer
+
+    rng = np.random.default_rng(4)
+    images = rng.integers(0, 256, (3, 24, 24, 3), dtype=np.uint8)
+    folder = gcs.uri("samples")
+    for i, image in enumerate(images):
+        buffer = io.BytesIO()
+        Image.fromarray(image).save(buffer, format="PNG")
+        storage.write_bytes(storage.join(folder, f"{i}.png"), buffer.getvalue())
+    storage.write_bytes(storage.join(folder, "notes.txt"), b"not an image")
+    weights = storage.write_bytes(gcs.uri("inception.safetensors"), fid_weights[2].read_bytes())
+    paths = image_files([storage.join(folder, "*.png")])
+    assert paths == [storage.join(folder, f"{i}.png") for i in range(3)] and image_files([folder]) == paths
+    scorer = FidScorer(weights, batch_size=8, mesh=make_mesh(devices=jax.devices()[:1]))
+    remote = all_features(scorer.extractor, paths, read_image, progress=False)
+    local = all_features(scorer.extractor, list(images), lambda x: x, progress=False)
+    np.testing.assert_array_equal(remote, local)

@@ -455,3 +455,53 @@ def test_the_input_resumes_at_the_saved_global_position(caplog):
     with caplog.at_level("WARNING", logger="imagen_jax.train"):
         assert resume_element(3, None, 8) == 24
     assert "has no data position" in caplog.text and "element 24" in caplog.text
+
+
+def test_in_loop_eval_logs_fid_and_clip_score(data_dir, tmp_path):
+    """eval.every: the EMA params sample the data's first captions; FID (against reference
+    statistics computed once beside the dataset) and CLIP score are logged at the eval steps
+    as eval/... lines of metrics.jsonl and TensorBoard scalars."""
+    from tiny_clip import save_tiny_clip
+
+    from imagen_jax.eval.inception import init_params
+    from imagen_jax.eval.inception_weights import save_safetensors
+
+    weights = save_safetensors(init_params(0), str(tmp_path / "inception.safetensors"))
+    (tmp_path / "clip").mkdir()
+    save_tiny_clip(tmp_path / "clip", hidden_act="quick_gelu", legacy_eos=False, preprocessor=None, seed=0)
+    extra = {"eval.every": 2, "eval.num_images": 4, "eval.reference_images": 8, "eval.batch_size": 4}
+    extra.update({"eval.inception_weights": weights, "eval.clip": str(tmp_path / "clip"), "sampling.num_steps": 2})
+    workdir = tmp_path / "run"
+    run_train(workdir, tiny_overrides(data_dir, steps=3, **extra))
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evals = [line for line in lines if "eval/fid" in line]
+    assert [line["step"] for line in evals] == [2, 3]  # every 2 steps and at the end
+    for line in evals:
+        assert set(line) == {"step", "eval/fid", "eval/clip_score"}
+        assert line["eval/fid"] > 0 and 0 <= line["eval/clip_score"] <= 100
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3]
+    stats = list((Path(data_dir)).glob("**/fid_statistics/train_16px_8_seed0_*.npz"))
+    assert len(stats) == 1  # computed once, beside the dataset
+    scalars = tensorboard_scalars(workdir / "tensorboard")
+    assert [step for step, _ in scalars["eval/fid"]] == [2, 3] and len(scalars["eval/clip_score"]) == 2
+    assert scalars["eval/fid"][0][1] == pytest.approx(evals[0]["eval/fid"], rel=1e-6)
+    assert "train/loss" in scalars
+
+
+def tensorboard_scalars(folder) -> dict:
+    """{tag: [(step, value), ...]} of the event files in `folder` (TFRecord framing: length
+    u64, its crc u32, the Event proto, its crc u32)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    scalars: dict = {}
+    for path in sorted(Path(folder).glob("events.*")):
+        data, offset = path.read_bytes(), 0
+        while offset < len(data):
+            (length,) = struct.unpack_from("<Q", data, offset)
+            event = event_pb2.Event.FromString(data[offset + 12 : offset + 12 + length])
+            offset += 12 + length + 4
+            for value in event.summary.value:
+                scalars.setdefault(value.tag, []).append((event.step, value.simple_value))
+    return scalars

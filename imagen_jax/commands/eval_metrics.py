@@ -70,7 +70,7 @@ def add_parsers(eval_parser) -> None:
     coco.add_argument("--caption-seed", type=int, default=0, help="seed of the caption draw (default 0)")
     add_output_arguments(coco)
     _add_common(coco, fid=True, clip=True, progress=False)
-    coco.set_defaults(accepts_config_overrides=True, split="validation")
+    coco.set_defaults(accepts_config_overrides=True)
     coco.add_argument("--output", help="JSON to write (default <out>/eval_coco.json)")
 
 
