@@ -1,7 +1,9 @@
 """`imagen-jax compile-check`: TPU slice names, and the real train step compiled for a small
 TPU topology on this CPU machine (needs libtpu; skipped with the reason where it is missing)."""
 
+import contextlib
 import importlib.util
+import io
 import json
 from pathlib import Path
 
@@ -89,14 +91,31 @@ def test_parse_hbm_oom():
     assert parse_hbm_oom("something else") is None
 
 
+TOKENS = ["--config.data.text=tokens", "--config.text.encoder=tiny-random-byt5", "--config.model.text_dim=256"]
+
+
+def compile_check(out: Path, *extra: str) -> tuple[int, str, dict]:
+    """(exit status, printed text, JSON report) of compile-check of TINY on v4-8, global batch 16."""
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rc = main(["compile-check", *TINY, *extra, "--topology", "v4-8", "--batch-size", "16", "--output", str(out)])
+    return rc, printed.getvalue(), json.loads(out.read_text()) if out.exists() else {}
+
+
+@pytest.fixture(scope="module")
+def tokens_report(tmp_path_factory):
+    """TINY with the T5 inside the step (data.text=tokens), one micro-batch: compiled once for
+    the fit test and as the accumulation test's baseline (each compile is a minute here)."""
+    if not HAS_LIBTPU:
+        pytest.skip("libtpu is not installed")
+    return compile_check(tmp_path_factory.mktemp("compile_check") / "accum1.json", *TOKENS)
+
+
 @needs_libtpu
-def test_tiny_config_fits_on_v4_8(tmp_path, capsys):
-    out = tmp_path / "report.json"
-    rc = main(["compile-check", *TINY, "--topology", "v4-8", "--batch-size", "16", "--output", str(out)])
-    printed = capsys.readouterr().out
+def test_tiny_config_fits_on_v4_8(tokens_report):
+    rc, printed, report = tokens_report
     assert rc == 0, printed
     assert "FITS" in printed and "v4:2x2x1" in printed
-    report = json.loads(out.read_text())
     assert report["fits"] and report["error"] is None
     assert report["chips"] == 4 and report["mesh"] == {"data": 2, "fsdp": 2} and report["global_batch"] == 16
     # params + EMA + Adam's two moments, fp32; fsdp halves the large ones, so at least a quarter of it all.
@@ -154,43 +173,24 @@ def test_format_report_of_recorded_paper_results():
     assert f"DOES NOT FIT: over by {refused.over_by_bytes / GIB:.2f} GiB" in table and "CompileTimeHbmOom" in table
 
 
-TOKENS = ["--config.data.text=tokens", "--config.text.encoder=tiny-random-byt5", "--config.model.text_dim=256"]
-
-
 @needs_libtpu
-def test_accumulated_step_counts_every_micro_batch(tmp_path, capsys):
+def test_accumulated_step_counts_every_micro_batch(tmp_path, tokens_report):
     """XLA's cost analysis counts a loop body once; with 2 micro-batches the reported FLOPs
     and bytes must still be those of the whole batch (about the un-accumulated step's). The
     trainer's logged TFLOP/s and MFU use the same count (program.flops_per_device).
     In text mode tokens (data.text=tokens): the combined T5 + UNet step, the T5's params
     bf16 and FSDP-sharded, an argument of the step, counted in the report."""
-    reports = {}
-    for accum in (1, 2):
-        out = tmp_path / f"accum{accum}.json"
-        rc = main(
-            [
-                "compile-check",
-                *TINY,
-                *TOKENS,
-                f"--config.train.grad_accum_steps={accum}",
-                "--topology",
-                "v4-8",
-                "--batch-size",
-                "16",
-                "--output",
-                str(out),
-            ]
-        )
-        assert rc == 0
-        reports[accum] = json.loads(out.read_text())
+    rc, printed, accumulated = compile_check(tmp_path / "accum2.json", *TOKENS, "--config.train.grad_accum_steps=2")
+    assert rc == 0, printed
+    reports = {1: tokens_report[2], 2: accumulated}
     assert reports[2]["grad_accum_steps"] == 2
     # The trainer's logged TFLOP/s and MFU are this count over the measured step time: with 2
     # micro-batches they stay within 10% of the 1-micro-batch figures (measured: +0.8%).
     assert reports[2]["flops_per_chip"] == pytest.approx(reports[1]["flops_per_chip"], rel=0.10)
     assert reports[2]["bytes_accessed_per_chip"] > 0.7 * reports[1]["bytes_accessed_per_chip"]
     assert 0 < reports[2]["mfu"] < 1
-    printed = capsys.readouterr().out
-    assert "text encoder  tiny-random-byt5" in printed and "T5 forward" in printed
+    for text in (tokens_report[1], printed):
+        assert "text encoder  tiny-random-byt5" in text and "T5 forward" in text
     report = reports[1]
     assert report["text_encoder"] == "tiny-random-byt5" and report["text_params"] > 2_000_000
     # bf16, split over the 2-way fsdp axis: about half of 2 bytes per param on each chip.

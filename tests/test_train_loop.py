@@ -459,8 +459,9 @@ def test_the_input_resumes_at_the_saved_global_position(caplog):
 
 def test_in_loop_eval_logs_fid_and_clip_score(data_dir, tmp_path):
     """eval.every: the EMA params sample the data's first captions; FID (against reference
-    statistics computed once beside the dataset) and CLIP score are logged at the eval steps
-    as eval/... lines of metrics.jsonl and TensorBoard scalars."""
+    statistics computed once beside the dataset) and CLIP score are logged at the eval step
+    as an eval/... line of metrics.jsonl and TensorBoard scalars. (One eval: each FID costs
+    a 2048 x 2048 sqrtm, ~15 s here; which steps evaluate is test_eval_steps.)"""
     from tiny_clip import save_tiny_clip
 
     from imagen_jax.eval.inception import init_params
@@ -470,22 +471,34 @@ def test_in_loop_eval_logs_fid_and_clip_score(data_dir, tmp_path):
     (tmp_path / "clip").mkdir()
     save_tiny_clip(tmp_path / "clip", hidden_act="quick_gelu", legacy_eos=False, preprocessor=None, seed=0)
     extra = {"eval.every": 2, "eval.num_images": 4, "eval.reference_images": 8, "eval.batch_size": 4}
+    extra.update({"checkpoint.every": 2})
     extra.update({"eval.inception_weights": weights, "eval.clip": str(tmp_path / "clip"), "sampling.num_steps": 2})
     workdir = tmp_path / "run"
-    run_train(workdir, tiny_overrides(data_dir, steps=3, **extra))
+    run_train(workdir, tiny_overrides(data_dir, steps=2, **extra))
     lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     evals = [line for line in lines if "eval/fid" in line]
-    assert [line["step"] for line in evals] == [2, 3]  # every 2 steps and at the end
+    assert [line["step"] for line in evals] == [2]
     for line in evals:
         assert set(line) == {"step", "eval/fid", "eval/clip_score"}
         assert line["eval/fid"] > 0 and 0 <= line["eval/clip_score"] <= 100
-    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2]
     stats = list((Path(data_dir)).glob("**/fid_statistics/train_16px_8_seed0_*.npz"))
     assert len(stats) == 1  # computed once, beside the dataset
     scalars = tensorboard_scalars(workdir / "tensorboard")
-    assert [step for step, _ in scalars["eval/fid"]] == [2, 3] and len(scalars["eval/clip_score"]) == 2
+    assert [step for step, _ in scalars["eval/fid"]] == [2] and len(scalars["eval/clip_score"]) == 1
     assert scalars["eval/fid"][0][1] == pytest.approx(evals[0]["eval/fid"], rel=1e-6)
     assert "train/loss" in scalars
+
+
+def test_eval_steps():
+    """Every eval.every steps and at the last step; never when eval.every is 0."""
+    from imagen_jax.train.in_loop_eval import TrainingEval
+
+    evaluation = TrainingEval.__new__(TrainingEval)
+    evaluation.every = 2
+    assert [s for s in range(1, 6) if evaluation.due(s, 5)] == [2, 4, 5]
+    evaluation.every = 0
+    assert not any(evaluation.due(s, 5) for s in range(1, 6))
 
 
 def tensorboard_scalars(folder) -> dict:
