@@ -90,6 +90,18 @@ def name(p: str | os.PathLike) -> str:
     return path(os.fspath(p).rstrip("/") or "/").name
 
 
+def glob(pattern: str | os.PathLike) -> list[str]:
+    """Paths matching a glob (`*`, `?`, `[...]` in any component after the first), local or
+    gs://, sorted. 'gs://b/x/*.tar' lists gs://b/x once; a pattern without wildcards
+    matches itself if it exists."""
+    text = os.fspath(path(pattern))
+    wildcard = min((i for i in (text.find(c) for c in "*?[") if i >= 0), default=-1)
+    if wildcard < 0:
+        return [text] if path(text).exists() else []
+    parent = text[:wildcard].rsplit("/", 1)[0]
+    return sorted(os.fspath(p) for p in path(parent).glob(text[len(parent) + 1 :]))
+
+
 # ----------------------------------------------------------------------------- access
 
 

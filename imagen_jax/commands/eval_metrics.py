@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from imagen_jax import storage
 
@@ -81,9 +80,7 @@ def image_files(items: list[str]) -> list[str]:
     files = []
     for item in items:
         if any(c in item for c in "*?["):
-            parent, pattern = _glob_parts(item)
-            found = sorted(os.fspath(p) for p in storage.path(parent).glob(pattern))
-            found = [f for f in found if f.lower().endswith(IMAGE_SUFFIXES)]
+            found = [f for f in storage.glob(item) if f.lower().endswith(IMAGE_SUFFIXES)]
             if not found:
                 raise FileNotFoundError(f"No images match {item!r}.")
             files += found
@@ -94,13 +91,6 @@ def image_files(items: list[str]) -> list[str]:
         else:
             raise FileNotFoundError(f"--images {item!r} is not a folder, a glob or a file.")
     return files
-
-
-def _glob_parts(pattern: str) -> tuple[str, str]:
-    """'gs://b/x/*.png' -> ('gs://b/x', '*.png'): the longest directory without wildcards."""
-    head, _, rest = pattern.partition("*") if "*" in pattern else pattern.partition("?")
-    parent = head.rsplit("/", 1)[0] if "/" in head else "."
-    return parent, pattern[len(parent) + 1 :] if parent != "." else pattern
 
 
 def _resolution_of(path: str) -> int:

@@ -143,6 +143,11 @@ def encode_for_import(data: bytes, max_size: int | None = None) -> bytes:
     nothing changed and it is a JPEG or PNG, else a PNG."""
     original = Image.open(io.BytesIO(data))
     original.load()
+    return encode_loaded(data, original, max_size)
+
+
+def encode_loaded(data: bytes, original: Image.Image, max_size: int | None = None) -> bytes:
+    """encode_for_import of `data` already opened and loaded as `original`."""
     image = image_ops.to_rgb(original)
     changed = image is not original
     width, height = image.size
@@ -167,10 +172,29 @@ def _encode_item(args: tuple[str, int | None]) -> tuple[bytes | None, str]:
         return None, f"{type(error).__name__}: {error}"
 
 
+DATASET_VERSION = "1.0.0"
+
+
+def check_dataset_name(name: str) -> None:
+    if not _NAME_PATTERN.match(name):
+        raise ValueError(f"Bad dataset name {name!r}: use lower case letters, digits and '_', e.g. 'my_photos'.")
+
+
+def import_features() -> tfds.features.FeaturesDict:
+    """An imported record: "image" (encoded RGB, any size), "caption", "file" (its source)."""
+    return tfds.features.FeaturesDict(
+        {
+            "image": tfds.features.Image(shape=(None, None, 3)),
+            "caption": tfds.features.Text(),
+            "file": tfds.features.Text(),
+        }
+    )
+
+
 class ImportedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """TFDS builder for an import; its name is given per instance (not a registered class)."""
 
-    VERSION = tfds.core.Version("1.0.0")
+    VERSION = tfds.core.Version(DATASET_VERSION)
 
     @tfds.core.utils.classproperty
     @classmethod
@@ -199,13 +223,7 @@ class ImportedImages(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return tfds.core.DatasetInfo(
             builder=self,
             description="Images with captions imported by `imagen-jax data import`.",
-            features=tfds.features.FeaturesDict(
-                {
-                    "image": tfds.features.Image(shape=(None, None, 3)),
-                    "caption": tfds.features.Text(),
-                    "file": tfds.features.Text(),
-                }
-            ),
+            features=import_features(),
             disable_shuffling=True,
         )
 
@@ -247,8 +265,7 @@ def import_dataset(
     test_size: that many items, drawn with `seed`, go to a "test" split (the rest to
     "train"). Returns the prepared builder and the report of what was written/skipped.
     """
-    if not _NAME_PATTERN.match(name):
-        raise ValueError(f"Bad dataset name {name!r}: use lower case letters, digits and '_', e.g. 'my_photos'.")
+    check_dataset_name(name)
     report = ImportReport()
     if storage.is_remote(storage.path(source)):
         raise ValueError(
