@@ -7,6 +7,8 @@ Sections:
                 <workdir>/base and <workdir>/sr; both read one dataset and one caption cache
   eval.prompts  the fixed prompt list sampled through the cascade and scored
                 (one object each, every color with every shape)
+  eval.heldout_prompts  one-object prompts stating size, position and background together,
+                        never used to tune the demo; scored over eval.heldout_seeds seeds
   eval.two_object_prompts   harder prompts, scored and reported apart
   eval.guidance_weights     the base stage's guidance sweep (dynamic vs no thresholding)
   eval.sr_images            true test images for SR fidelity (SR vs bicubic, PSNR/SSIM)
@@ -45,6 +47,27 @@ def demo_prompts() -> tuple[str, ...]:
                 prompts.append(f"{article} {color} {shape}")
             else:
                 prompts.append(f"{article} {color} {shape} on a {_contrasting_background(color)} background")
+    return tuple(prompts)
+
+
+def heldout_prompts() -> tuple[str, ...]:
+    """30 one-object prompts the demo is never tuned on: size, position and background (never
+    the fixed list's white / black-for-light-colors pairing) together, in the training
+    grammar's phrasings. Drawn from a fixed seed."""
+    import numpy as np
+
+    from imagen_jax.data.shapes_scene import POSITION_PHRASES, SIZE_NAMES
+
+    rng = np.random.default_rng(33)
+    phrasings = ("{obj} {pos} on {bg} background", "{bg} background with {obj} {pos}", "{obj} {pos}")
+    prompts = []
+    for i in range(30):
+        color, background = rng.choice(COLOR_NAMES, 2, replace=False)
+        shape, size = SHAPES[i % len(SHAPES)], SIZE_NAMES[int(rng.integers(len(SIZE_NAMES)))]
+        position = list(POSITION_PHRASES.values())[int(rng.integers(len(POSITION_PHRASES)))]
+        obj = f"{'an' if size[0] in 'aeiou' else 'a'} {size} {color} {shape}"
+        bg = f"{'an' if background[0] in 'aeiou' else 'a'} {background}"
+        prompts.append(phrasings[i % len(phrasings)].format(obj=obj, pos=position, bg=bg))
     return tuple(prompts)
 
 
@@ -119,6 +142,8 @@ def _demo() -> ml_collections.ConfigDict:
     config.eval = ml_collections.ConfigDict(
         dict(
             prompts=demo_prompts(),
+            heldout_prompts=heldout_prompts(),
+            heldout_seeds=4,
             two_object_prompts=TWO_OBJECT_PROMPTS,
             guidance_weights=(1.0, 3.0, 5.0, 8.0),
             sr_images=64,
@@ -150,8 +175,12 @@ def _smoke(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     config.sr.model.update(
         channels=(8, 16), num_res_blocks=(1, 1), strides=(2, 2), attention=("none", "self"), embed_dim=32, norm_groups=4
     )
+    for name in ("base", "sr"):  # the random word encoder: the smoke run has no minute to pretrain one
+        config[name].text.encoder = "tiny-random-t5-words-ordered"
     config.eval.prompts = config.eval.prompts[:3]
     config.eval.two_object_prompts = config.eval.two_object_prompts[:1]
+    config.eval.heldout_prompts = config.eval.heldout_prompts[:2]
+    config.eval.heldout_seeds = 1
     config.eval.guidance_weights = (1.0, 5.0)
     config.eval.sr_images = 3
     config.eval.accuracy_seeds = 2

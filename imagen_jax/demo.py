@@ -58,7 +58,7 @@ def guidance_sweep(cascade, prompts: list[str], weights, *, seed: int, batch_siz
 
 
 # Rates kept per seed: color+shape ("correct"), every stated attribute ("strict"), and parts.
-_OVER_SEEDS = ("correct", "strict", "color", "shape", "background", "count")
+_OVER_SEEDS = ("correct", "strict", "color", "shape", "background", "size", "position", "count")
 
 
 def _mean(rates) -> float | None:
@@ -129,6 +129,35 @@ def sweep_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+# The demo's measured time from an empty data directory on the project's 2-core AVX-512 CPU
+# (docs/experiments.md section 1); on 2-core AVX2-only CPUs everything ran about 3x slower.
+MEASURED_MINUTES = 26.7
+AVX2_ONLY_FACTOR = 3.0
+
+
+def _has_avx512() -> bool | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return " avx512f" in f.read()
+    except OSError:
+        return None
+
+
+def expected_duration() -> str:
+    """One line: how long the default demo should take here, from the measured figure, the
+    backend, the core count and whether the CPU has AVX-512."""
+    measured = f"{MEASURED_MINUTES:.0f} min measured on 2 AVX-512 CPU cores"
+    if jax.default_backend() != "cpu":
+        return f"expected time: a few minutes on this {jax.default_backend().upper()} ({measured})"
+    cores, avx512 = os.cpu_count() or 1, _has_avx512()
+    minutes = MEASURED_MINUTES * (1.0 if avx512 or avx512 is None else AVX2_ONLY_FACTOR)
+    kind = {True: "AVX-512", False: "AVX2, no AVX-512", None: "instruction set unknown"}[avx512]
+    more = " (more cores than 2: likely less, not measured)" if cores > 2 else ""
+    fewer = " (1 core: about twice that)" if cores < 2 else ""
+    here = f"about {minutes:.0f} min on this CPU ({cores} cores, {kind}){more}{fewer}"
+    return f"expected time with the default settings: {here}; {measured}"
+
+
 def run_demo(config, workdir: str, *, override: bool = False, progress: bool = True) -> dict:
     """Train both stages, sample, evaluate; returns the eval dict written to eval.json."""
     from imagen_jax.eval import prompt_accuracy
@@ -138,6 +167,7 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
     from imagen_jax.train.loop import train
 
     workdir = os.fspath(storage.path(workdir))
+    print(f"== {expected_duration()}", file=sys.stderr)
     seconds, result = {}, {}
     stage_dirs = [storage.join(workdir, "base"), storage.join(workdir, "sr")]
     for name, stage_dir in zip(("base", "sr"), stage_dirs):
@@ -173,6 +203,12 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
     result["base_accuracy_over_seeds"] = base_accuracy_over_seeds(
         cascade, prompts, accuracy_seeds, batch_size=ev.batch_size
     )
+    heldout = list(ev.get("heldout_prompts", ()))
+    if heldout:
+        heldout_seeds = range(ev.seed, ev.seed + ev.get("heldout_seeds", 1))
+        result["heldout_accuracy_over_seeds"] = base_accuracy_over_seeds(
+            cascade, heldout, heldout_seeds, batch_size=ev.batch_size
+        )
     result["guidance_sweep"] = guidance_sweep(
         cascade, prompts, ev.guidance_weights, seed=ev.seed, batch_size=ev.batch_size
     )
@@ -196,6 +232,14 @@ def run_demo(config, workdir: str, *, override: bool = False, progress: bool = T
         f"attribute, background included) {_percent(over['mean_strict'])}, background "
         f"{_percent(over['mean_background'])}, right count {_percent(over['mean_count'])}"
     )
+    if heldout:
+        held = result["heldout_accuracy_over_seeds"]
+        print(
+            f"held-out prompts (size, position, background), base stage over {len(held['per_seed'])} seeds: "
+            f"color + shape {100 * held['mean']:.1f}%, strict {_percent(held['mean_strict'])}, background "
+            f"{_percent(held['mean_background'])}, size {_percent(held['mean_size'])}, position "
+            f"{_percent(held['mean_position'])}"
+        )
     if two:
         print(f"two-object prompts (base stage): {100 * result['two_object_accuracy']['correct']:.1f}% correct")
     print(sweep_table(result["guidance_sweep"]))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ctypes
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -746,9 +747,11 @@ def test_supervisor_refuses_a_slice_that_is_not_active(tmp_path, config_dir):
 def test_supervisor_relaunches_on_the_same_slice_after_a_failure_and_stops_at_the_limit(tmp_path, config_dir):
     proc, calls, cloud = supervise(tmp_path, config_dir, [{"w0": "vanish", "w1": "fail"}], "--max-restarts", "2")
     assert proc.returncode == 1
-    assert "restart 1 of at most 2: workers: 1 failed, 1 gone" in proc.stderr
-    assert "restart 2 of at most 2: workers: 1 failed, 1 gone" in proc.stderr
-    assert "giving up after 2 restarts: workers: 1 failed, 1 gone" in proc.stderr
+    # Both outcomes come after 0.5 s: a poll may see one worker ended and the other still
+    # running (on a loaded machine), or both ended; any of these restarts the run.
+    tally = r"workers: (1 failed, 1 gone|1 failed, 1 running|1 gone, 1 running)"
+    for line in (r"restart 1 of at most 2: ", r"restart 2 of at most 2: ", r"giving up after 2 restarts: "):
+        assert re.search(line + tally, proc.stderr), proc.stderr[-2000:]
     kinds = [_kind(c) for c in calls]
     assert "create" not in kinds and "delete" not in kinds and kinds.count("start") == 3
     assert kinds.count("ssh") == 2  # tpu_stop.sh --signal KILL before each relaunch

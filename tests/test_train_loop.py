@@ -173,6 +173,9 @@ def test_exact_resume_after_sigkill(straight_run, data_dir, tmp_path):
     assert saved_data_state(straight_run, 12) == saved_data_state(workdir, 12)  # same data order
     lines = [json.loads(x) for x in (Path(straight_run) / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == list(range(1, 13)) and all(np.isfinite(x["loss"]) for x in lines)
+    # The killed run's lines after its checkpoint are dropped: one line per step, the same losses.
+    resumed_lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["step"], x["loss"]) for x in resumed_lines] == [(x["step"], x["loss"]) for x in lines]
 
 
 def test_tokens_mode_resumes_exactly_after_sigkill(data_dir, tmp_path):

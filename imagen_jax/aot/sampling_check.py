@@ -174,11 +174,13 @@ def text_encoder_program(encoder: str, mesh, chip, *, batch: int, max_length: in
     FSDP-sharded by their logical axes."""
     from imagen_jax.text.builtin import BUILTIN_ENCODERS
     from imagen_jax.text.config import T5_V1_1_CONFIGS
+    from imagen_jax.text.encoder import encoder_config
+    from imagen_jax.text.pretrain import PRETRAINED_SHAPES_T5
     from imagen_jax.text.t5 import abstract_params, encode_tokens
 
     key = encoder.rsplit("/", 1)[-1].replace("flan-t5-", "t5-v1_1-")
-    if encoder in BUILTIN_ENCODERS:
-        key, t5 = encoder, BUILTIN_ENCODERS[encoder].config
+    if encoder in BUILTIN_ENCODERS or encoder == PRETRAINED_SHAPES_T5:
+        key, t5 = encoder, encoder_config(encoder)
     elif key in T5_V1_1_CONFIGS:
         t5 = T5_V1_1_CONFIGS[key]
     else:

@@ -20,6 +20,7 @@ from imagen_jax import storage
 from imagen_jax.text.builtin import BUILTIN_ENCODERS, WORDS
 from imagen_jax.text.config import T5EncoderConfig
 from imagen_jax.text.hf_checkpoint import load_hf_checkpoint
+from imagen_jax.text.pretrain import PRETRAINED_SHAPES_T5, PretrainSettings, ensure_pretrained
 from imagen_jax.text.t5 import abstract_params, encode_tokens, init_params
 from imagen_jax.text.tokenizer import (
     byt5_tokenizer,
@@ -160,7 +161,8 @@ def load_text_encoder(
     rules=None,
     **encoder_kwargs,
 ) -> TextEncoder:
-    """A TextEncoder from a built-in name (see BUILTIN_ENCODERS), a Hugging Face
+    """A TextEncoder from a built-in name (BUILTIN_ENCODERS; or PRETRAINED_SHAPES_T5,
+    pretrained on first use by text.pretrain and cached in pretrained_dir), a Hugging Face
     checkpoint directory (local or gs://), or a Hugging Face hub id (downloaded when the network allows).
 
     param_dtype: the params' dtype (default: bfloat16 on accelerators, float32 on CPU).
@@ -175,18 +177,19 @@ def load_text_encoder(
         encoder_kwargs = dict(encoder_kwargs, mesh=mesh, batch_axes=("data", "fsdp"))
     if name_or_path in BUILTIN_ENCODERS:
         recipe = BUILTIN_ENCODERS[name_or_path]
-        params = jax.tree.map(np.asarray, init_params(recipe.config, recipe.seed, param_dtype))
-        if recipe.position_bias_std is not None:  # T5's init draws them at std d_model^-0.5
-            scale = recipe.position_bias_std / recipe.config.d_model**-0.5
-            params["relative_position_bias"]["embedding"] = params["relative_position_bias"]["embedding"] * scale
+        params = builtin_params(name_or_path, param_dtype)
         if place_for is not None:
             params = _place_tree(params, place_for(recipe.config))
             shardings = jax.tree.map(lambda x: x.sharding, params)
         kwargs = dict(max_length=max_length, dtype=dtype, param_shardings=shardings, **encoder_kwargs)
         tokenizer = word_tokenizer(WORDS) if recipe.tokenizer == "words" else byt5_tokenizer()
         return TextEncoder(name_or_path, recipe.config, params, tokenizer, **kwargs)
-    is_dir = _is_checkpoint_dir(name_or_path)
-    checkpoint_dir = name_or_path if is_dir else download_checkpoint(name_or_path)
+    if name_or_path == PRETRAINED_SHAPES_T5:  # pretrained here on first use, then read as any T5 checkpoint
+        checkpoint_dir = ensure_pretrained(pretrained_dir(name_or_path))
+    elif _is_checkpoint_dir(name_or_path):
+        checkpoint_dir = name_or_path
+    else:
+        checkpoint_dir = download_checkpoint(name_or_path)
     config, params = load_hf_checkpoint(checkpoint_dir, param_dtype, place_for)
     if place_for is not None:
         encoder_kwargs = dict(encoder_kwargs, param_shardings=jax.tree.map(lambda x: x.sharding, params))
@@ -194,6 +197,24 @@ def load_text_encoder(
     return TextEncoder(
         encoder_name(name_or_path), config, params, tokenizer, max_length=max_length, dtype=dtype, **encoder_kwargs
     )
+
+
+def pretrained_dir(name: str) -> str:
+    """Where a built-in pretrained encoder is cached: <data dir>/text_encoders/<name>
+    ($IMAGEN_JAX_DATA_DIR or ~/imagen_jax_data), beside the datasets."""
+    from imagen_jax.data.sources import resolve_data_dir
+
+    return storage.join(resolve_data_dir(None), "text_encoders", name)
+
+
+def builtin_params(name: str, param_dtype: Any = np.float32) -> dict:
+    """The random weights of built-in encoder `name` (BUILTIN_ENCODERS), numpy arrays."""
+    recipe = BUILTIN_ENCODERS[name]
+    params = jax.tree.map(np.asarray, init_params(recipe.config, recipe.seed, param_dtype))
+    if recipe.position_bias_std is not None:  # T5's init draws them at std d_model^-0.5
+        scale = recipe.position_bias_std / recipe.config.d_model**-0.5
+        params["relative_position_bias"]["embedding"] = params["relative_position_bias"]["embedding"] * scale
+    return params
 
 
 def _is_checkpoint_dir(name_or_path: str) -> bool:
@@ -204,7 +225,7 @@ def encoder_name(name_or_path: str) -> str:
     """The name a TextEncoder loaded from `name_or_path` has (it names its embedding cache),
     known without loading it: a built-in name as is, a directory's last component, a hub
     id with '/' as '--'."""
-    if name_or_path in BUILTIN_ENCODERS:
+    if name_or_path in BUILTIN_ENCODERS or name_or_path == PRETRAINED_SHAPES_T5:
         return name_or_path
     if _is_checkpoint_dir(name_or_path):
         return storage.name(name_or_path)
@@ -220,6 +241,8 @@ def encoder_config(name_or_path: str) -> T5EncoderConfig:
 
     if name_or_path in BUILTIN_ENCODERS:
         return BUILTIN_ENCODERS[name_or_path].config
+    if name_or_path == PRETRAINED_SHAPES_T5:
+        return PretrainSettings().config
     if _is_checkpoint_dir(name_or_path):
         return read_hf_config(name_or_path)
     size = name_or_path.rsplit("-", 1)[-1]
@@ -235,8 +258,9 @@ def encoder_config(name_or_path: str) -> T5EncoderConfig:
 def download_checkpoint(hub_id: str) -> str:
     """Local snapshot directory of a hub T5 checkpoint (config, safetensors weights, tokenizer)."""
     if hub_id.count("/") != 1 or hub_id.startswith((".", "/")):
+        builtins = ", ".join([*BUILTIN_ENCODERS, PRETRAINED_SHAPES_T5])
         raise FileNotFoundError(
-            f"{hub_id!r} is neither a built-in encoder ({', '.join(BUILTIN_ENCODERS)}), nor a local directory, "
+            f"{hub_id!r} is neither a built-in encoder ({builtins}), nor a local directory, "
             "nor a Hugging Face hub id like 'google/flan-t5-xxl'."
         )
     from huggingface_hub import snapshot_download

@@ -126,7 +126,7 @@ def train(
     if not tokens:
         encoder = None  # the preview prompts are encoded: free the encoder's memory
     preview_stage = StageConfig.from_config(config) if preview else None
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, start_step=start)
     config_json = config_lib.to_dict(config)
     total = config.train.steps
     last: dict = {}

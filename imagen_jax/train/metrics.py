@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import jax
 import numpy as np
 
 from imagen_jax import storage
+
+log = logging.getLogger(__name__)
 
 
 def last_logged(workdir: str) -> dict:
@@ -31,23 +34,52 @@ def finished_step(workdir: str) -> int:
     return max(steps, default=0)
 
 
+def drop_lines_after(jsonl_path: str, step: int) -> int:
+    """Rewrites a metrics.jsonl without its lines of steps after `step` (logged by a run that
+    stopped before its next checkpoint: the resumed run logs those steps again) and without a
+    torn last line; returns how many lines were dropped. Untouched when there are none."""
+    path = storage.path(jsonl_path)
+    if not path.exists():
+        return 0
+    lines = path.read_text().splitlines(keepends=True)
+    kept = []
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:  # a write cut short by a kill
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if len(kept) != len(lines):
+        storage.write_text(jsonl_path, "".join(kept))
+    return len(lines) - len(kept)
+
+
 class MetricsWriter:
     """metrics.jsonl and TensorBoard scalars/images, on process 0 only, local or gs://
-    (there, metrics.jsonl is uploaded at most every METRICS_UPLOAD_SECONDS and at close)."""
+    (there, metrics.jsonl is uploaded at most every METRICS_UPLOAD_SECONDS and at close).
+
+    `start_step`: the step the run starts from (its restored checkpoint's, 0 for a new run).
+    What an earlier run logged after it is dropped from metrics.jsonl and hidden in
+    TensorBoard (tensorboardX's purge_step), so a resumed run's logs read as one run's."""
 
     METRICS_UPLOAD_SECONDS = 30.0
 
-    def __init__(self, workdir: str):
+    def __init__(self, workdir: str, start_step: int = 0):
         self.enabled = jax.process_index() == 0
         if not self.enabled:
             return
         from tensorboardX import SummaryWriter
 
         storage.register_tensorboard_writer()
-        self.jsonl = storage.AppendFile(
-            storage.join(workdir, "metrics.jsonl"), upload_every=self.METRICS_UPLOAD_SECONDS
-        )
-        self.tb = SummaryWriter(storage.join(workdir, "tensorboard"))
+        jsonl = storage.join(workdir, "metrics.jsonl")
+        dropped = drop_lines_after(jsonl, start_step)
+        if dropped:
+            log.info("metrics.jsonl: dropped %d lines logged after step %d by the run before", dropped, start_step)
+        self.jsonl = storage.AppendFile(jsonl, upload_every=self.METRICS_UPLOAD_SECONDS)
+        tensorboard = storage.join(workdir, "tensorboard")
+        purge = start_step + 1 if storage.path(tensorboard).exists() else None
+        self.tb = SummaryWriter(tensorboard, purge_step=purge)
 
     def scalars(self, step: int, values: dict, section: str = "train") -> None:
         """One metrics.jsonl line (keys prefixed "SECTION/" except for "train") and the
