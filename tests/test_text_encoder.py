@@ -192,30 +192,9 @@ def test_word_encoder_gives_one_token_per_word_and_covers_the_shapes_captions():
     assert embedding.shape == (2, 24, 256) and not np.allclose(embedding[0], embedding[1])
 
 
-def _color_role_probe_accuracy(encoder) -> tuple[float, float]:
-    """Held-out accuracy of a ridge probe that reads, from the output at a color word alone,
-    whether that word names the background (is followed by "background"); and the base rate."""
-    from imagen_jax.data.shapes_scene import COLOR_NAMES, sample_scene
-
-    captions = [sample_scene(0, i).caption for i in range(1200)]
-    embedding, _ = encoder.encode(captions)
-    ids, _ = encoder.tokenize(captions)
-    vocab = encoder.tokenizer.get_vocab()
-    color_ids = np.array([vocab[c] for c in COLOR_NAMES])
-    rows, cols = np.nonzero(np.isin(ids[:, :-1], color_ids))
-    features = np.asarray(embedding)[rows, cols]
-    labels = ids[rows, cols + 1] == vocab["background"]
-    features = np.concatenate([features, np.ones((len(features), 1))], axis=1)
-    n = len(features) * 2 // 3
-    w = np.linalg.solve(
-        features[:n].T @ features[:n] + 1e-2 * np.eye(features.shape[1]),
-        features[:n].T @ np.where(labels[:n], 1.0, -1.0),
-    )
-    return float(np.mean((features[n:] @ w > 0) == labels[n:])), float(max(labels.mean(), 1 - labels.mean()))
-
-
 def test_ordered_word_encoder_tells_a_words_role_from_its_neighbours():
     from imagen_jax.text.encoder import load_text_encoder
+    from imagen_jax.text.probe import color_role_probe_accuracy as _color_role_probe_accuracy
 
     ordered = load_text_encoder("tiny-random-t5-words-ordered", max_length=24)
     plain = load_text_encoder("tiny-random-t5-words", max_length=24)

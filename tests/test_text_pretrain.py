@@ -22,6 +22,7 @@ from imagen_jax.text.pretrain import (
     pretrain,
     shapes_corpus,
 )
+from imagen_jax.text.probe import color_role_probe_accuracy
 from imagen_jax.text.t5 import encode_tokens
 from imagen_jax.text.tokenizer import tokenize, word_tokenizer
 
@@ -78,6 +79,9 @@ def test_checkpoint_loads_through_the_hf_path_with_the_same_params(tiny_run, tmp
     expected_ids, expected_mask = tokenize(word_tokenizer(WORDS), prompts, 24)
     np.testing.assert_array_equal(ids, expected_ids)
     np.testing.assert_array_equal(mask, expected_mask)
+    # The pretrained outputs still say a color word's role (the masked LM alone erased it).
+    accuracy, base_rate = color_role_probe_accuracy(encoder)
+    assert accuracy > 0.95 > base_rate + 0.2, (accuracy, base_rate)  # masked LM alone, full run: 0.72
     embeddings, _ = encoder.encode(prompts)
     reference = encode_tokens(params, ids, mask, config=TINY.config)
     np.testing.assert_allclose(np.asarray(embeddings), np.asarray(reference), atol=2e-5)  # jit vs eager
