@@ -20,6 +20,10 @@ def test_lines_after_the_checkpoint_and_a_torn_line_are_dropped(tmp_path):
     before = log.stat().st_mtime_ns
     assert drop_lines_after(str(log), 5) == 0 and log.stat().st_mtime_ns == before  # nothing to drop: untouched
     assert drop_lines_after(str(tmp_path / "none.jsonl"), 5) == 0
+    log.write_text(log.read_text() + '{"step": 6, "loss": 0.1}')  # whole, but cut before its newline
+    assert drop_lines_after(str(log), 6) == 0 and log.read_text().endswith(
+        '"loss": 0.1}\n'
+    )  # the next line starts anew
 
 
 def test_a_resumed_writer_continues_the_log_as_one_run(tmp_path):

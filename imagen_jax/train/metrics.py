@@ -41,7 +41,8 @@ def drop_lines_after(jsonl_path: str, step: int) -> int:
     path = storage.path(jsonl_path)
     if not path.exists():
         return 0
-    lines = path.read_text().splitlines(keepends=True)
+    text = path.read_text()
+    lines = text.splitlines(keepends=True)
     kept = []
     for line in lines:
         try:
@@ -49,8 +50,8 @@ def drop_lines_after(jsonl_path: str, step: int) -> int:
         except json.JSONDecodeError:  # a write cut short by a kill
             continue
         if record.get("step", 0) <= step:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    if len(kept) != len(lines):
+            kept.append(line if line.endswith("\n") else line + "\n")  # a cut before its newline
+    if "".join(kept) != text:
         storage.write_text(jsonl_path, "".join(kept))
     return len(lines) - len(kept)
 
