@@ -101,9 +101,15 @@ def _stage(preset, steps: int, checkpoint_every: int):
 
 
 def get_config(size: str = "") -> ml_collections.ConfigDict:
-    """The demo; `configs/demo.py:smoke` is a seconds-long version for tests."""
-    if size not in ("", "smoke"):
-        raise ValueError(f"Unknown demo size {size!r}; use configs/demo.py or configs/demo.py:smoke.")
+    """The demo; `configs/demo.py:smoke` is a seconds-long version for tests, and
+    `configs/demo.py:base` the demo's base stage alone, as `imagen-jax train` reads a stage
+    (for experiments on it: `imagen-jax train --config configs/demo.py:base --workdir DIR`)."""
+    if size not in ("", "smoke", "base"):
+        raise ValueError(
+            f"Unknown demo size {size!r}; use configs/demo.py, configs/demo.py:smoke or configs/demo.py:base."
+        )
+    if size == "base":
+        return _demo().base
     return _smoke(_demo()) if size == "smoke" else _demo()
 
 

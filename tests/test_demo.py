@@ -58,3 +58,12 @@ def test_demo_smoke_runs_end_to_end(tmp_path, monkeypatch):
 def test_demo_names_the_fix_for_a_missing_config(tmp_path, capsys):
     assert main(["demo", "--config", str(tmp_path / "nope.py"), "--workdir", str(tmp_path / "d")]) == 2
     assert "imagen-jax demo: error: no demo config" in capsys.readouterr().err
+
+
+def test_demo_base_stage_alone_is_the_demos_base(tmp_path):
+    """configs/demo.py:base is what `imagen-jax train` reads to train the demo's base stage alone."""
+    import pytest
+
+    assert load_config(f"{CONFIG}:base").to_dict() == load_config(CONFIG).base.to_dict()
+    with pytest.raises(ValueError, match="configs/demo.py:base"):
+        load_config(f"{CONFIG}:bsae")
