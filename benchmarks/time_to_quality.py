@@ -290,7 +290,8 @@ def main(argv: list[str] | None = None) -> None:
     settings = {
         "base_steps": base.train.steps, "seeds": seeds, "curve_seeds": curve_seeds, "guidance": GUIDANCE,
         "prompts": prompts, "peer_arch": arch, "peer_params": peer["params"], "text_encoder": base.text.encoder,
-        "dataset": base.data.name, "batch": base.train.batch_size,
+        "dataset": base.data.name, "batch": base.train.batch_size, "peer_eval_steps": args.peer_eval_steps,
+        "our_steps": args.our_steps, "peer_steps": args.peer_steps,
     }
     write_results(args.out, {"settings": settings, "summary": summary, "ours": {**ours, "sweep": ours_sweep},
                              "peer": {**peer, "sweep": peer_sweep}})
