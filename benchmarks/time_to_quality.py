@@ -56,8 +56,16 @@ PEER_DEFAULT_STEPS = 1000  # imagen-pytorch's Imagen(timesteps=1000): its sample
 # The peer's Unet: our base stage's width (32), multipliers (1, 2, 2), res blocks per level (1),
 # heads of 16; imagen-pytorch's defaults for everything else. 1.65M parameters against our 1.63M.
 PEER_ARCH = dict(
-    image_size=32, dim=32, dim_mults=[1, 2, 2], num_resnet_blocks=1, attention_levels=2, attn_heads=4,
-    attn_dim_head=16, batch=8, seed=0, threads=2,
+    image_size=32,
+    dim=32,
+    dim_mults=[1, 2, 2],
+    num_resnet_blocks=1,
+    attention_levels=2,
+    attn_heads=4,
+    attn_dim_head=16,
+    batch=8,
+    seed=0,
+    threads=2,
 )
 
 
@@ -136,8 +144,9 @@ def train_ours(base, workdir: Path) -> dict:
     for quarter, fraction in enumerate(FRACTIONS, start=1):
         step = every * quarter
         saved = (workdir / "checkpoints" / str(step)).stat().st_mtime - started_wall
-        checkpoints.append({"fraction": fraction, "step": step, "images": step * base.train.batch_size,
-                            "seconds": saved})
+        checkpoints.append(
+            {"fraction": fraction, "step": step, "images": step * base.train.batch_size, "seconds": saved}
+        )
     return {"seconds": seconds, "checkpoints": checkpoints}
 
 
@@ -176,9 +185,24 @@ def run_peer(peer_python: str, *args: str) -> None:
 def sample_peer(peer_python, arch_path, checkpoint, prompts_path, prompts, seeds, timesteps, workdir) -> dict:
     out = workdir / f"peer_images_{Path(checkpoint).stem}_{timesteps}.npz"
     if not out.exists():
-        run_peer(peer_python, "sample", "--arch", str(arch_path), "--checkpoint", str(checkpoint), "--prompts",
-                 str(prompts_path), "--seeds", *map(str, seeds), "--cond-scale", str(GUIDANCE),
-                 "--timesteps", str(timesteps), "--out", str(out))
+        run_peer(
+            peer_python,
+            "sample",
+            "--arch",
+            str(arch_path),
+            "--checkpoint",
+            str(checkpoint),
+            "--prompts",
+            str(prompts_path),
+            "--seeds",
+            *map(str, seeds),
+            "--cond-scale",
+            str(GUIDANCE),
+            "--timesteps",
+            str(timesteps),
+            "--out",
+            str(out),
+        )
     result = np.load(out)
     return {
         "num_steps": timesteps,
@@ -205,13 +229,17 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--peer-python", required=True, help=f"the peer venv's python ({SETUP_SCRIPT} makes it)")
     parser.add_argument("--workdir", default="runs/time_to_quality")
-    parser.add_argument("--base-steps", type=int, default=None, help="our base stage's train.steps (default: the demo's)")
+    parser.add_argument(
+        "--base-steps", type=int, default=None, help="our base stage's train.steps (default: the demo's)"
+    )
     parser.add_argument("--seeds", type=int, default=4, help="sampling seeds for the last checkpoint and the sweeps")
     parser.add_argument("--curve-seeds", type=int, default=2, help="sampling seeds at 25/50/75%% of the budget")
     parser.add_argument("--our-steps", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--peer-steps", type=int, nargs="+", default=[32, 64, 250, 1000])
     parser.add_argument(
-        "--peer-eval-steps", type=int, default=PEER_DEFAULT_STEPS,
+        "--peer-eval-steps",
+        type=int,
+        default=PEER_DEFAULT_STEPS,
         help="steps the peer's checkpoints are scored at (its default 1000: ~27 s per image on 2 cores)",
     )
     parser.add_argument("--out", default=str(RESULTS_DIR / "time_to_quality_cpu2.json"))
@@ -241,8 +269,20 @@ def main(argv: list[str] | None = None) -> None:
     arch_path.write_text(json.dumps(arch))
     peer_dir = workdir / "peer"
     if not (peer_dir / "progress.json").exists():
-        run_peer(args.peer_python, "train", "--arch", str(arch_path), "--data", str(data_path),
-                 "--budget-seconds", str(budget), "--fractions", *map(str, FRACTIONS), "--out", str(peer_dir))
+        run_peer(
+            args.peer_python,
+            "train",
+            "--arch",
+            str(arch_path),
+            "--data",
+            str(data_path),
+            "--budget-seconds",
+            str(budget),
+            "--fractions",
+            *map(str, FRACTIONS),
+            "--out",
+            str(peer_dir),
+        )
     peer = json.loads((peer_dir / "progress.json").read_text())
 
     print("== scoring the checkpoints", file=sys.stderr, flush=True)
@@ -252,28 +292,42 @@ def main(argv: list[str] | None = None) -> None:
         default_ours = row if row["fraction"] == 1 else default_ours
     for row in peer["checkpoints"]:
         last = row["fraction"] == 1
-        row.update(sample_peer(args.peer_python, arch_path, row["checkpoint"], prompts_path, prompts,
-                               seeds if last else curve_seeds, args.peer_eval_steps, workdir))
+        row.update(
+            sample_peer(
+                args.peer_python,
+                arch_path,
+                row["checkpoint"],
+                prompts_path,
+                prompts,
+                seeds if last else curve_seeds,
+                args.peer_eval_steps,
+                workdir,
+            )
+        )
         default_peer = row if last else default_peer
 
     print("== sampler steps on the last checkpoints", file=sys.stderr, flush=True)
     final_step = ours["checkpoints"][-1]["step"]
     ours_sweep = [
         {k: default_ours[k] for k in default_ours if k in ("num_steps", "seconds_per_image", *RATES, "per_seed")}
-        if n == default_ours["num_steps"] else sample_ours(ours_dir, final_step, prompts, seeds, n)
+        if n == default_ours["num_steps"]
+        else sample_ours(ours_dir, final_step, prompts, seeds, n)
         for n in sorted(set(args.our_steps) | {default_ours["num_steps"]})
     ]
     peer_sweep = [
-        sample_peer(args.peer_python, arch_path, peer["checkpoints"][-1]["checkpoint"], prompts_path, prompts,
-                    seeds, n, workdir)
+        sample_peer(
+            args.peer_python, arch_path, peer["checkpoints"][-1]["checkpoint"], prompts_path, prompts, seeds, n, workdir
+        )
         for n in sorted(set(args.peer_steps) | {args.peer_eval_steps})
     ]
     ours_fast, peer_fast = fewest_steps_within(ours_sweep), fewest_steps_within(peer_sweep)
     summary = {
         "budget_seconds": budget,
         "accuracy_at_equal_time": {
-            "ours": default_ours["correct"], "peer": default_peer["correct"],
-            "ours_strict": default_ours["strict"], "peer_strict": default_peer["strict"],
+            "ours": default_ours["correct"],
+            "peer": default_peer["correct"],
+            "ours_strict": default_ours["strict"],
+            "peer_strict": default_peer["strict"],
             "ratio": default_ours["correct"] / default_peer["correct"] if default_peer["correct"] else None,
         },
         "train_images_per_second": {
@@ -288,13 +342,29 @@ def main(argv: list[str] | None = None) -> None:
         },
     }
     settings = {
-        "base_steps": base.train.steps, "seeds": seeds, "curve_seeds": curve_seeds, "guidance": GUIDANCE,
-        "prompts": prompts, "peer_arch": arch, "peer_params": peer["params"], "text_encoder": base.text.encoder,
-        "dataset": base.data.name, "batch": base.train.batch_size, "peer_eval_steps": args.peer_eval_steps,
-        "our_steps": args.our_steps, "peer_steps": args.peer_steps,
+        "base_steps": base.train.steps,
+        "seeds": seeds,
+        "curve_seeds": curve_seeds,
+        "guidance": GUIDANCE,
+        "prompts": prompts,
+        "peer_arch": arch,
+        "peer_params": peer["params"],
+        "text_encoder": base.text.encoder,
+        "dataset": base.data.name,
+        "batch": base.train.batch_size,
+        "peer_eval_steps": args.peer_eval_steps,
+        "our_steps": args.our_steps,
+        "peer_steps": args.peer_steps,
     }
-    write_results(args.out, {"settings": settings, "summary": summary, "ours": {**ours, "sweep": ours_sweep},
-                             "peer": {**peer, "sweep": peer_sweep}})
+    write_results(
+        args.out,
+        {
+            "settings": settings,
+            "summary": summary,
+            "ours": {**ours, "sweep": ours_sweep},
+            "peer": {**peer, "sweep": peer_sweep},
+        },
+    )
     print_table(ours, peer, ours_sweep, peer_sweep, summary)
 
 
@@ -304,8 +374,10 @@ def print_table(ours, peer, ours_sweep, peer_sweep, summary) -> None:
     print("| budget | ours: step, color+shape, strict | imagen-pytorch: step, color+shape, strict |")
     print("|---|---|---|")
     for a, b in zip(ours["checkpoints"], peer["checkpoints"]):
-        print(f"| {100 * a['fraction']:.0f}% | {a['step']}, {pct(a['correct'])}, {pct(a['strict'])} | "
-              f"{b['step']}, {pct(b['correct'])}, {pct(b['strict'])} |")
+        print(
+            f"| {100 * a['fraction']:.0f}% | {a['step']}, {pct(a['correct'])}, {pct(a['strict'])} | "
+            f"{b['step']}, {pct(b['correct'])}, {pct(b['strict'])} |"
+        )
     print("\n| sampler steps | ours: s/image, color+shape | imagen-pytorch: s/image, color+shape |")
     print("|---|---|---|")
     rows = max(len(ours_sweep), len(peer_sweep))

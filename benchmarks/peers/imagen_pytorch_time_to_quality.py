@@ -109,8 +109,14 @@ def train(args) -> None:
             path = os.path.join(args.out, f"peer_{fractions[0]:.2f}.pt")
             trainer.save(path)
             progress.append(
-                {"fraction": fractions[0], "seconds": time.perf_counter() - START, "step": step,
-                 "images": step * batch, "checkpoint": path, "loss_last_200": float(np.mean(losses[-200:]))}
+                {
+                    "fraction": fractions[0],
+                    "seconds": time.perf_counter() - START,
+                    "step": step,
+                    "images": step * batch,
+                    "checkpoint": path,
+                    "loss_last_200": float(np.mean(losses[-200:])),
+                }
             )
             print(f"[peer] saved {path} at step {step}", flush=True)
             fractions.pop(0)
