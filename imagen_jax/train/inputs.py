@@ -42,12 +42,13 @@ def _check_text_dim(config, dim: int, what: str) -> None:
         )
 
 
-def prepare_data(config, mesh, rules) -> str | None:
+def prepare_data(config, mesh, rules, *, progress: bool = True) -> str | None:
     """Make the run's data ready on every process and return its embedding cache directory
     (None in text mode 'tokens'). Process 0 opens the dataset first (generating a missing
     built-in one). A missing cache is written by all processes together
     (text.embedding_cache: each encodes its share on the whole mesh), with the encoder
-    loaded for it and freed after. A given data.text_embedding_dir is used as it is."""
+    loaded for it and freed after. A given data.text_embedding_dir is used as it is.
+    `progress`: a progress bar on process 0 while the cache is written."""
     from imagen_jax.data.sources import open_builder
     from imagen_jax.text.embedding_cache import (
         METADATA_FILE,
@@ -87,7 +88,7 @@ def prepare_data(config, mesh, rules) -> str | None:
             cache_dir,
             caption_key=data.text_key,
             dtype=config.text.get("cache_dtype", "float16"),
-            progress=jax.process_index() == 0,
+            progress=progress and jax.process_index() == 0,
         )
         del encoder
     _check_text_dim(config, read_cache_metadata(cache_dir)["dim"], f"the text-embedding cache {cache_dir}")

@@ -88,7 +88,7 @@ def train(
     rules = rules_from_config(config.mesh.get("rules", None))
     _check_batch(config, mesh)
     check_eval_config(config, mesh)
-    cache_dir = prepare_data(config, mesh, rules)
+    cache_dir = prepare_data(config, mesh, rules, progress=progress)
     tokens = encodes_tokens(config)
     # The encoder is loaded only where it is used: by the step (tokens) or for the preview prompts.
     encoder = load_encoder(config, mesh, rules) if tokens or config.train.sample_every else None
