@@ -10,6 +10,9 @@ Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
   diffusion.min_snr_gamma   None (off, the paper) or gamma for min-SNR weighting
   diffusion.snr_floor       None (off, the paper) or the floor of the x-space loss weight
                             (truncated SNR): weight clip(SNR, snr_floor, min_snr_gamma)
+  diffusion.offset_noise    None (off, the paper) or s: training noise n + s_t * m, m one value
+                            per image and channel (offset noise; design.md §3)
+  diffusion.offset_profile  constant (s_t = s) | sigma2 (s_t = s * sigma_t^2)
   diffusion.aug_schedule    SR noise-conditioning augmentation schedule (cosine: our choice)
   optimizer.*               name adafactor | adam, peak_lr, warmup_steps, end_lr,
                             b1, b2, eps, grad_clip_norm (0 = off)
@@ -76,6 +79,8 @@ def add_training_sections(
             prediction="eps",
             min_snr_gamma=None,
             snr_floor=None,
+            offset_noise=None,
+            offset_profile="constant",
             aug_schedule=dict(kind="cosine"),
         )
     )

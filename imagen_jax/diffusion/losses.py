@@ -47,6 +47,19 @@ def per_example_loss(output, x, noise, logsnr, *, prediction: str = "eps", min_s
     return loss
 
 
+def offset_noise_term(key, shape, logsnr, scale: float, profile: str = "constant"):
+    """s_t m: m ~ N(0, 1) one value per example and channel, [B, 1, ..., 1, C] float32, with
+    s_t = scale ("constant") or scale * sigma_t^2 ("sigma2") from logsnr [B] (docs/design.md §3)."""
+    if profile == "constant":
+        s_t = jnp.full(logsnr.shape, scale, jnp.float32)
+    elif profile == "sigma2":
+        s_t = scale * jax.nn.sigmoid(-logsnr.astype(jnp.float32))
+    else:
+        raise ValueError(f"diffusion.offset_profile must be 'constant' or 'sigma2', not {profile!r}")
+    m = jax.random.normal(key, (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],), jnp.float32)
+    return s_t.reshape((shape[0],) + (1,) * (len(shape) - 1)) * m
+
+
 def diffusion_loss(
     model_fn,
     x,
@@ -57,6 +70,8 @@ def diffusion_loss(
     prediction: str = "eps",
     min_snr_gamma=None,
     snr_floor=None,
+    offset_noise=None,
+    offset_profile: str = "constant",
     weights=None,
 ):
     """One Monte Carlo estimate of the training loss for a batch of clean images.
@@ -64,13 +79,20 @@ def diffusion_loss(
     t ~ U(0, 1) and eps ~ N(0, I) are drawn per example from `key`; z_t = alpha_t x + sigma_t eps;
     model_fn(z_t [B, ...], logsnr [B], cond) -> prediction. `weights` [B] (optional) are
     per-example weights: the loss is sum(w_i l_i) / sum(w_i) (w = 0 drops an example).
+    `offset_noise` s (optional): eps = n + s_t m with n ~ N(0, I) per pixel and m ~ N(0, I) one
+    value per example and channel [B, 1, 1, C] (offset noise, Guttenberg 2023; docs/design.md §3);
+    s_t = s (`offset_profile` "constant") or s * sigma_t^2 ("sigma2").
     Returns (scalar loss, aux dict with per-example "loss" [B] and "logsnr" [B]).
     """
     t_key, noise_key = jax.random.split(key)
     batch = x.shape[0]
     t = jax.random.uniform(t_key, (batch,), jnp.float32)
     logsnr = schedule(t)
+    if offset_noise:
+        noise_key, offset_key = jax.random.split(noise_key)
     noise = jax.random.normal(noise_key, x.shape, x.dtype)
+    if offset_noise:
+        noise = noise + offset_noise_term(offset_key, x.shape, logsnr, offset_noise, offset_profile).astype(x.dtype)
     z_t = q_sample(x, logsnr.astype(x.dtype), noise)
     output = model_fn(z_t, logsnr, cond)
     losses = per_example_loss(

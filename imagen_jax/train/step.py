@@ -35,6 +35,8 @@ def make_train_step(model, optimizer, lr_schedule, config, text_encoder=None):
     prediction = config.diffusion.get("prediction", "eps")
     min_snr_gamma = config.diffusion.get("min_snr_gamma", None)
     snr_floor = config.diffusion.get("snr_floor", None)
+    offset_noise = config.diffusion.get("offset_noise", None)
+    offset_profile = config.diffusion.get("offset_profile", "constant")
     text_drop_prob = config.train.get("text_drop_prob", 0.1)
     accum = int(config.train.get("grad_accum_steps", 1))
     ema_decay = config.train.get("ema_decay", 0.9999)
@@ -73,6 +75,8 @@ def make_train_step(model, optimizer, lr_schedule, config, text_encoder=None):
             prediction=prediction,
             min_snr_gamma=min_snr_gamma,
             snr_floor=snr_floor,
+            offset_noise=offset_noise,
+            offset_profile=offset_profile,
         )
         return loss
 
