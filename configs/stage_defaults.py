@@ -13,6 +13,7 @@ Fields (each overridable on the command line as --config.SECTION.FIELD=VALUE):
   diffusion.offset_noise    None (off, the paper) or s: training noise n + s_t * m, m one value
                             per image and channel (offset noise; design.md §3)
   diffusion.offset_profile  constant (s_t = s) | sigma2 (s_t = s * sigma_t^2)
+  diffusion.offset_logsnr_max  None (every level) or the log-SNR above which s_t = 0
   diffusion.aug_schedule    SR noise-conditioning augmentation schedule (cosine: our choice)
   optimizer.*               name adafactor | adam, peak_lr, warmup_steps, end_lr,
                             b1, b2, eps, grad_clip_norm (0 = off)
@@ -81,6 +82,7 @@ def add_training_sections(
             snr_floor=None,
             offset_noise=None,
             offset_profile="constant",
+            offset_logsnr_max=None,
             aug_schedule=dict(kind="cosine"),
         )
     )

@@ -110,12 +110,15 @@ def test_example_weights_and_determinism():
     np.testing.assert_allclose(np.asarray(maux["loss"]), np.asarray(aux["loss"]) * np.minimum(snr, 5) / snr, rtol=1e-4)
 
 
-@pytest.mark.parametrize("offset, profile", [(None, "constant"), (0.3, "constant"), (0.3, "sigma2")])
-def test_offset_noise_adds_one_value_per_image_and_channel_and_is_the_target(offset, profile):
+@pytest.mark.parametrize(
+    "offset, profile, logsnr_max",
+    [(None, "constant", None), (0.3, "constant", None), (0.3, "sigma2", None), (0.3, "sigma2", -2.0)],
+)
+def test_offset_noise_adds_one_value_per_image_and_channel_and_is_the_target(offset, profile, logsnr_max):
     """diffusion.offset_noise s: eps = n + s_t m with m one N(0, 1) value per image and channel, so
-    an image's channel mean of eps has mean square s_t^2 + 1 / (H W), s_t = s or s sigma_t^2;
-    the eps target is that noise (an oracle reading eps off z_t = sigma eps, x = 0, has zero
-    loss)."""
+    an image's channel mean of eps has mean square s_t^2 + 1 / (H W), s_t = s or s sigma_t^2
+    (0 above offset_logsnr_max); the eps target is that noise (an oracle reading eps off
+    z_t = sigma eps, x = 0, has zero loss)."""
     x = jnp.zeros((4096, 8, 8, 3), jnp.float32)
     seen = {}
 
@@ -124,11 +127,22 @@ def test_offset_noise_adds_one_value_per_image_and_channel_and_is_the_target(off
         return seen["eps"]
 
     loss, aux = diffusion_loss(
-        oracle, x, None, jax.random.key(1), schedule=Schedule("cosine"), offset_noise=offset, offset_profile=profile
+        oracle,
+        x,
+        None,
+        jax.random.key(1),
+        schedule=Schedule("cosine"),
+        offset_noise=offset,
+        offset_profile=profile,
+        offset_logsnr_max=logsnr_max,
     )
     assert float(loss) < 1e-8
-    sigma2 = 1 / (1 + np.exp(np.asarray(aux["logsnr"], np.float64)))
-    s_t = (offset or 0.0) * (sigma2 if profile == "sigma2" else 1.0)
+    logsnr = np.asarray(aux["logsnr"], np.float64)
+    s_t = (offset or 0.0) * (1 / (1 + np.exp(logsnr)) if profile == "sigma2" else 1.0)
+    if logsnr_max is not None:
+        s_t = np.where(logsnr <= logsnr_max, s_t, 0.0)
+        above = logsnr > logsnr_max  # there eps is plain N(0, I): channel means have variance 1 / (H W)
+        assert np.mean(np.asarray(seen["eps"]).mean(axis=(1, 2))[above] ** 2) == pytest.approx(1 / 64, rel=0.1)
     channel_means = np.asarray(seen["eps"]).mean(axis=(1, 2))  # [B, C]
     assert np.mean(channel_means**2) == pytest.approx(np.mean(s_t**2) + 1 / 64, rel=0.08)
     spread_within = np.asarray(seen["eps"] - seen["eps"].mean(axis=(1, 2), keepdims=True)).var()

@@ -47,15 +47,18 @@ def per_example_loss(output, x, noise, logsnr, *, prediction: str = "eps", min_s
     return loss
 
 
-def offset_noise_term(key, shape, logsnr, scale: float, profile: str = "constant"):
+def offset_noise_term(key, shape, logsnr, scale: float, profile: str = "constant", logsnr_max=None):
     """s_t m: m ~ N(0, 1) one value per example and channel, [B, 1, ..., 1, C] float32, with
-    s_t = scale ("constant") or scale * sigma_t^2 ("sigma2") from logsnr [B] (docs/design.md §3)."""
+    s_t = scale ("constant") or scale * sigma_t^2 ("sigma2") from logsnr [B], and s_t = 0 above
+    `logsnr_max` when it is set (docs/design.md §3)."""
     if profile == "constant":
         s_t = jnp.full(logsnr.shape, scale, jnp.float32)
     elif profile == "sigma2":
         s_t = scale * jax.nn.sigmoid(-logsnr.astype(jnp.float32))
     else:
         raise ValueError(f"diffusion.offset_profile must be 'constant' or 'sigma2', not {profile!r}")
+    if logsnr_max is not None:
+        s_t = jnp.where(logsnr.astype(jnp.float32) <= logsnr_max, s_t, 0.0)
     m = jax.random.normal(key, (shape[0],) + (1,) * (len(shape) - 2) + (shape[-1],), jnp.float32)
     return s_t.reshape((shape[0],) + (1,) * (len(shape) - 1)) * m
 
@@ -72,6 +75,7 @@ def diffusion_loss(
     snr_floor=None,
     offset_noise=None,
     offset_profile: str = "constant",
+    offset_logsnr_max=None,
     weights=None,
 ):
     """One Monte Carlo estimate of the training loss for a batch of clean images.
@@ -81,7 +85,8 @@ def diffusion_loss(
     per-example weights: the loss is sum(w_i l_i) / sum(w_i) (w = 0 drops an example).
     `offset_noise` s (optional): eps = n + s_t m with n ~ N(0, I) per pixel and m ~ N(0, I) one
     value per example and channel [B, 1, 1, C] (offset noise, Guttenberg 2023; docs/design.md §3);
-    s_t = s (`offset_profile` "constant") or s * sigma_t^2 ("sigma2").
+    s_t = s (`offset_profile` "constant") or s * sigma_t^2 ("sigma2"), and 0 at log-SNR above
+    `offset_logsnr_max` when it is set.
     Returns (scalar loss, aux dict with per-example "loss" [B] and "logsnr" [B]).
     """
     t_key, noise_key = jax.random.split(key)
@@ -92,7 +97,9 @@ def diffusion_loss(
         noise_key, offset_key = jax.random.split(noise_key)
     noise = jax.random.normal(noise_key, x.shape, x.dtype)
     if offset_noise:
-        noise = noise + offset_noise_term(offset_key, x.shape, logsnr, offset_noise, offset_profile).astype(x.dtype)
+        noise = noise + offset_noise_term(
+            offset_key, x.shape, logsnr, offset_noise, offset_profile, offset_logsnr_max
+        ).astype(x.dtype)
     z_t = q_sample(x, logsnr.astype(x.dtype), noise)
     output = model_fn(z_t, logsnr, cond)
     losses = per_example_loss(

@@ -37,6 +37,7 @@ def make_train_step(model, optimizer, lr_schedule, config, text_encoder=None):
     snr_floor = config.diffusion.get("snr_floor", None)
     offset_noise = config.diffusion.get("offset_noise", None)
     offset_profile = config.diffusion.get("offset_profile", "constant")
+    offset_logsnr_max = config.diffusion.get("offset_logsnr_max", None)
     text_drop_prob = config.train.get("text_drop_prob", 0.1)
     accum = int(config.train.get("grad_accum_steps", 1))
     ema_decay = config.train.get("ema_decay", 0.9999)
@@ -77,6 +78,7 @@ def make_train_step(model, optimizer, lr_schedule, config, text_encoder=None):
             snr_floor=snr_floor,
             offset_noise=offset_noise,
             offset_profile=offset_profile,
+            offset_logsnr_max=offset_logsnr_max,
         )
         return loss
 
