@@ -125,6 +125,10 @@ def _demo() -> ml_collections.ConfigDict:
     config.base.optimizer.peak_lr = 1e-3
     config.base.optimizer.warmup_steps = 200
     config.base.train.ema_decay = 0.99875
+    # Offset noise (design.md §3; not in the paper): the stated background right in 0% -> 100% of
+    # the base images over 16 seeds, strict accuracy 30.2% -> 85.8% (docs/demo.md).
+    config.base.diffusion.offset_noise = 0.2
+    config.base.diffusion.offset_profile = "sigma2"
     config.base.sampling.guidance_weight = 5.0  # the paper's samples use 5 (design.md §3)
     # Guidance only at log-SNR <= 2 (Kynkaanniemi et al. 2024; not in the paper): +7 points (docs/demo.md).
     config.base.sampling.guidance_logsnr_max = 2.0
