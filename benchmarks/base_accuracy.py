@@ -37,14 +37,15 @@ RATES = ("correct", "color", "shape", "background", "count")
 
 def score_images(
     images, requests, backgrounds
-) -> tuple[dict, dict[str, collections.Counter], dict[str, list[bool]], list[bool]]:
+) -> tuple[dict, dict[str, collections.Counter], dict[str, list[bool]], list[bool], collections.Counter]:
     """One analysis per image -> (prompt-accuracy rates, {asked shape: Counter(read shape
-    or "none")} over the one-object prompts, {asked color: [correct per image]}, and for
+    or "none")} over the one-object prompts, {asked color: [correct per image]}, for
     each image with a background color in `backgrounds` (one per image, None: none) whether
-    an object of that color was detected: the stage drawing the background's color word as
-    a shape)."""
+    an object of that color was detected (the stage drawing the background's color word as
+    a shape), and Counter(number of objects detected) over the one-object prompts: where the
+    count misses go, empty images or extra objects)."""
     scores, confusion = [], collections.defaultdict(collections.Counter)
-    by_color, background_as_object = collections.defaultdict(list), []
+    by_color, background_as_object, objects_read = collections.defaultdict(list), [], collections.Counter()
     for image, request, background in zip(images, requests, backgrounds):
         analysis = analyze_image(image)
         score = score_prompt(request, analysis)
@@ -53,9 +54,10 @@ def score_images(
             got = match_objects(request, analysis.objects)[0]
             confusion[request.objects[0].shape][got.shape if got is not None else "none"] += 1
             by_color[request.objects[0].color].append(score["correct"])
+            objects_read[len(analysis.objects)] += 1
         if background is not None:
             background_as_object.append(any(o.color == background for o in analysis.objects))
-    return summarize(scores), confusion, by_color, background_as_object
+    return summarize(scores), confusion, by_color, background_as_object, objects_read
 
 
 def without_background(prompt: str) -> str:
@@ -75,10 +77,13 @@ def score_workdir(
         prompts = [without_background(p) for p in prompts]
     requests = [parse_prompt(p) for p in prompts]
     per_seed, confusion = [], collections.defaultdict(collections.Counter)
-    by_color, background_as_object = collections.defaultdict(list), []
+    by_color, background_as_object, objects_read = collections.defaultdict(list), [], collections.Counter()
     for seed in seeds:
         images = cascade.sample(prompts, seed=seed, batch_size=len(prompts), stage_settings=[settings]).images[0]
-        rates, seed_confusion, seed_by_color, seed_background = score_images(images, requests, backgrounds)
+        rates, seed_confusion, seed_by_color, seed_background, seed_objects = score_images(
+            images, requests, backgrounds
+        )
+        objects_read.update(seed_objects)
         per_seed.append({k: rates[k] for k in RATES})
         for shape, counts in seed_confusion.items():
             confusion[shape].update(counts)
@@ -94,6 +99,7 @@ def score_workdir(
         "shape_confusion": {s: dict(c) for s, c in sorted(confusion.items())},
         "correct_by_color": {c: float(np.mean(v)) for c, v in by_color.items()},
         "background_color_as_object": float(np.mean(background_as_object)) if background_as_object else None,
+        "objects_read": {str(n): objects_read[n] for n in sorted(objects_read)},
     }
 
 
@@ -150,6 +156,7 @@ def main() -> None:
         stated = r["background_color_as_object"]
         stated = "n/a" if stated is None else f"{stated:.1%}"
         print(f"{r['workdir']}: correct by asked color: {colors}; an object in the stated background's color: {stated}")
+        print(f"{r['workdir']}: objects read in the one-object prompts' images (number: images): {r['objects_read']}")
     write_results(
         args.out,
         {
