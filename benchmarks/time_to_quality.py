@@ -5,14 +5,14 @@ evaluator on the demo's 30 prompts over the same seeds.
 
     bash benchmarks/peers/setup_imagen_pytorch.sh        # once: the peer's venv (~/.cache/imagen-peer)
     python benchmarks/time_to_quality.py --peer-python ~/.cache/imagen-peer/venv/bin/python \
-        [--workdir runs/time_to_quality] [--base-steps 17000] [--seeds 4] [--curve-seeds 2] \
+        [--workdir runs/time_to_quality] [--base-steps N] [--seeds 4] [--curve-seeds 2] \
         [--out benchmarks/results/time_to_quality_cpu2.json]
 
 1. Data (not timed): the demo's dataset and caption cache (made on first use), exported once
    for the peer: the base stage's own prepared images (32 px, [-1, 1]) with their cached text
-   embeddings and masks (tiny-random-t5-words-ordered, 24 tokens), and the prompts' embeddings.
+   embeddings and masks (the demo's encoder, 24 tokens), and the prompts' embeddings.
 2. Ours: the demo's base stage (configs/demo.py: 2 x 2 pixel blocks, 1.63M params, eps with
-   min-SNR 5, batch 8) trained for --base-steps (default the demo's 17000), checkpoints at 25 /
+   min-SNR 5, batch 8) trained for --base-steps (default the demo's train.steps), checkpoints at 25 /
    50 / 75 / 100% of the steps. Its wall time, process set-up and XLA compile included, is the
    budget B.
 3. Theirs (benchmarks/peers/imagen_pytorch_time_to_quality.py, in the peer's venv): a Unet of

@@ -131,7 +131,7 @@ def sweep_table(rows: list[dict]) -> str:
 
 # The demo's measured time from an empty data directory on the project's 2-core AVX-512 CPU
 # (docs/experiments.md section 1); on 2-core AVX2-only CPUs everything ran about 3x slower.
-MEASURED_MINUTES = 27.7  # the offset-noise demo of 9ed320e
+MEASURED_MINUTES = 30.3  # the pretrained-encoder demo (base trained at ~96 img/s; 109 gave 27.7 before)
 AVX2_ONLY_FACTOR = 3.0
 
 

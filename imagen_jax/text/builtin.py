@@ -7,7 +7,7 @@ the prompt's tokens and positions but no learned language knowledge.
   shapes dataset's words and common function words; anything else is <unk>). One token
   per word makes a color or shape one embedding for the UNet to find, not a run of
   bytes, so a stage learns to follow prompts in far fewer steps.
-- "tiny-random-t5-words-ordered" (the built-in demo's): the same, with the relative
+- "tiny-random-t5-words-ordered" (where the demo's pretrained encoder starts): the same, with the relative
   position biases drawn at std 1 instead of T5's d_model^-0.5. With T5's initialization
   every head's attention is nearly uniform, so a token's output does not say which words
   surround it: from the output of "white" in "a red circle on a white background", a
